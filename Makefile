@@ -1,0 +1,32 @@
+# One command each: `make run` (set up + main job), `make test` (set up + lint + types + tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test lint clean
+
+$(BIN)/recfunnel: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first and pinned: an unpinned torch would pull the multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[embed,dev]"
+	touch $@
+
+setup: $(BIN)/recfunnel
+
+run: setup
+	$(BIN)/recfunnel eval --config configs/cold-start.toml --json out/cold-start.json
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out report .pytest_cache .mypy_cache .ruff_cache

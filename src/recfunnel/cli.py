@@ -1,0 +1,253 @@
+"""``recfunnel`` command line: ``eval`` and ``data list|info|fetch``.
+
+Errors of recfunnel's own (bad config, missing dataset, unknown name) print one clear
+message and exit with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from recfunnel.errors import RecfunnelError
+
+app = typer.Typer(
+    help="recfunnel: retrieval → ranker → LLM reranker, every stage measured.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="List, inspect and download datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding dataset folders (else $RECFUNNEL_DATA)."),
+]
+
+
+def _fail(exc: RecfunnelError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _experiment_config(
+    config: Path | None,
+    dataset: str | None,
+    protocol: str | None,
+    pipelines: str | None,
+    seeds: int | None,
+    users: int | None,
+    history: int | None,
+    metrics: str | None,
+    data_dir: Path | None,
+) -> Any:
+    """The TOML config (if any) with command-line options laid over it."""
+    import tomllib
+
+    from recfunnel.config import parse_config
+
+    raw: dict[str, Any] = {}
+    source = "(command line)"
+    if config is not None:
+        if not config.is_file():
+            raise RecfunnelError(f"config file {config} does not exist")
+        raw = tomllib.loads(config.read_text())
+        source = str(config)
+    if dataset:
+        raw["dataset"] = dataset
+    if data_dir:
+        raw["data_dir"] = str(data_dir)
+    proto = dict(raw.get("protocol", {}))
+    if protocol and proto.get("name") != protocol:
+        proto = {"name": protocol}
+    proto.setdefault("name", "cold-start")
+    if users is not None:
+        proto["n_users"] = users
+    if history is not None:
+        proto["history"] = history
+    raw["protocol"] = proto
+    if seeds is not None:
+        raw["seeds"] = seeds
+    if metrics:
+        raw["metrics"] = _csv(metrics)
+    if pipelines:
+        chosen = _csv(pipelines) or []
+        defined = {p["name"]: p for p in raw.get("pipelines", []) if isinstance(p, dict)}
+        raw["pipelines"] = [defined.get(name, name) for name in chosen]
+    raw.setdefault("pipelines", ["popularity", "cf", "content", "hybrid"])
+    return parse_config(raw, source)
+
+
+def _table(result: Any, metrics: list[str]) -> Table:
+    table = Table(title=f"{result.dataset} · {result.protocol} · seeds {result.seeds}")
+    table.add_column("pipeline", style="bold")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, stats in result.summary().items():
+        cells = []
+        for m in metrics:
+            mean, std = stats[m]
+            cells.append(f"{mean:.0f}±{std:.0f}" if mean >= 100 else f"{mean:.3f}±{std:.3f}")
+        table.add_row(name, *cells)
+    return table
+
+
+@app.command("eval")
+def eval_cmd(
+    config: Annotated[Path | None, typer.Option(help="Experiment TOML (see configs/).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name, e.g. ml-latest-small.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="cold-start or leave-last-out.")] = None,
+    pipelines: Annotated[
+        str | None, typer.Option(help="Comma-separated pipeline names (built-in or in --config).")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (0..N-1).")] = None,
+    users: Annotated[int | None, typer.Option(help="Test users per seed.")] = None,
+    history: Annotated[int | None, typer.Option(help="cold-start: history items kept.")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="Comma-separated, e.g. hr@10,ndcg@10.")
+    ] = None,
+    data_dir: DataDir = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write results JSON to this path ('-': stdout).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+) -> None:
+    """Evaluate pipelines on a dataset under a protocol, over seeds."""
+    from recfunnel.evaluate.runner import load_experiment_data, run_experiment
+
+    try:
+        cfg = _experiment_config(
+            config, dataset, protocol, pipelines, seeds, users, history, metrics, data_dir
+        )
+        data = load_experiment_data(cfg)
+        total = len(cfg.seeds) * len(cfg.pipelines)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as progress:
+            task = progress.add_task("evaluating", total=total)
+
+            def step(label: str) -> None:
+                progress.update(task, advance=1, description=label)
+
+            result = run_experiment(cfg, dataset=data, on_step=step)
+    except RecfunnelError as exc:
+        raise _fail(exc) from None
+    if not quiet:  # the table is the result: stdout, unless stdout carries the JSON
+        out = Console(stderr=json_out == "-", width=None if sys.stdout.isatty() else 220)
+        out.print(_table(result, cfg.metrics))
+    if json_out:
+        payload = json.dumps(result.to_json(), indent=2)
+        if json_out == "-":
+            sys.stdout.write(payload + "\n")
+        else:
+            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_out).write_text(payload)
+            if not quiet:
+                console.print(f"wrote {json_out}")
+
+
+@data_app.command("list")
+def data_list(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Datasets recfunnel knows, where they are expected, and whether they can be fetched."""
+    from recfunnel.data.registry import DATASETS
+
+    rows = [
+        {
+            "name": s.name,
+            "folder": s.folder,
+            "files": list(s.files),
+            "fetch": s.archive.url if s.archive else None,
+            "about": s.about,
+        }
+        for s in DATASETS.values()
+    ]
+    if json_out:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="datasets")
+    for col in ("name", "folder", "fetch", "about"):
+        table.add_column(col)
+    for r in rows:
+        fetchable = "yes" if r["fetch"] else "ships in data dir"
+        table.add_row(str(r["name"]), str(r["folder"]), fetchable, str(r["about"]))
+    Console().print(table)
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    data_dir: DataDir = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Load a dataset and print its size."""
+    from recfunnel.data.registry import load_dataset
+
+    try:
+        d = load_dataset(name, data_dir)
+    except RecfunnelError as exc:
+        raise _fail(exc) from None
+    info = {
+        "name": d.name,
+        "users": d.interactions.n_users,
+        "items": d.catalog.n_items,
+        "interactions": len(d.interactions),
+        "ratings": d.interactions.has_ratings,
+        "timestamps_real": d.timestamps_real,
+        "example_item": d.catalog.texts[0] if d.catalog.n_items else None,
+    }
+    if json_out:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+    else:
+        for k, v in info.items():
+            Console().print(f"{k:>16}: {v}", highlight=False)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="ml-100k, ml-1m, ml-latest-small, serendipity-2018")],
+    data_dir: DataDir = None,
+    url: Annotated[str | None, typer.Option(help="Download from this URL (a mirror).")] = None,
+    force: Annotated[bool, typer.Option(help="Download even if the files are there.")] = False,
+) -> None:
+    """Download a dataset's original archive from GroupLens, verify it and unpack it."""
+    from recfunnel.data.fetch import fetch
+
+    try:
+        path = fetch(name, data_dir, url=url, force=force)
+    except RecfunnelError as exc:
+        raise _fail(exc) from None
+    console.print(f"{name} is in {path}")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,109 @@
+"""Named datasets: where their files live, how to load them, and where to fetch them."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from recfunnel.data.paths import dataset_dir
+from recfunnel.errors import ConfigError
+from recfunnel.types import Dataset
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A published archive a user may download (``recfunnel data fetch``)."""
+
+    url: str
+    md5: str | None
+    """The checksum GroupLens publishes beside the archive (``<url>.md5``); None = fetch that."""
+    inner: str
+    """The folder inside the zip that holds the files."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str
+    files: tuple[str, ...]
+    loader: str
+    """'module:function' taking the dataset folder and returning a Dataset (imported lazily)."""
+    archive: Archive | None = None
+    about: str = ""
+
+    def load_fn(self) -> Callable[[Path], Dataset]:
+        module, fn = self.loader.split(":")
+        loaded: Callable[[Path], Dataset] = getattr(importlib.import_module(module), fn)
+        return loaded
+
+
+_GL = "https://files.grouplens.org/datasets"
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec(
+            "ml-latest-small",
+            "ml-latest-small",
+            ("ratings.csv", "movies.csv"),
+            "recfunnel.data.movielens:load_ml_latest_small",
+            Archive(f"{_GL}/movielens/ml-latest-small.zip", None, "ml-latest-small"),
+            "MovieLens latest-small: 100,836 ratings, 610 users, 9,742 movies",
+        ),
+        DatasetSpec(
+            "ml-100k",
+            "ml-100k",
+            ("u.data", "u.item"),
+            "recfunnel.data.movielens:load_ml_100k",
+            Archive(f"{_GL}/movielens/ml-100k.zip", "0e33842e24a9c977be4e0107933c0723", "ml-100k"),
+            "MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies",
+        ),
+        DatasetSpec(
+            "ml-1m",
+            "ml-1m",
+            ("ratings.dat", "movies.dat"),
+            "recfunnel.data.movielens:load_ml_1m",
+            Archive(f"{_GL}/movielens/ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906", "ml-1m"),
+            "MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,706 movies",
+        ),
+        DatasetSpec(
+            "serendipity-2018",
+            "serendipity-sac2018",
+            ("training.csv", "movies.csv"),
+            "recfunnel.data.serendipity:load_serendipity",
+            Archive(
+                f"{_GL}/serendipity-sac2018/serendipity-sac2018.zip", None, "serendipity-sac2018"
+            ),
+            "MovieLens Serendipity 2018: ~10M ratings with serendipity answers",
+        ),
+        DatasetSpec(
+            "lastfm-2k",
+            "hetrec2011-lastfm-2k",
+            ("user_artists.dat", "artists.dat"),
+            "recfunnel.data.lastfm:load_lastfm",
+            None,
+            "HetRec 2011 Last.fm: 1,892 users, 17,632 artists, listening counts and tags",
+        ),
+        DatasetSpec(
+            "amazon-games",
+            "amazon-games-llmrank",
+            ("Games-6k.item", "Games-6k.test.inter"),
+            "recfunnel.data.amazon:load_amazon_games",
+            None,
+            "Amazon Video Games sequences as processed for LLMRank: 50,546 users, 16,859 items",
+        ),
+    ]
+}
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """Load a named dataset from the data directory (see :func:`.paths.data_root`)."""
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    path = dataset_dir(spec.folder, spec.files, data_dir)
+    return dataclasses.replace(spec.load_fn()(path), name=spec.name)

@@ -1,0 +1,186 @@
+"""Evaluation protocols: who is tested, on what history, against which truth.
+
+Both protocols are seeded and return a :class:`~recfunnel.types.Split` whose ``train`` never
+holds a test or validation target, so no stage can learn from the answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recfunnel.errors import ConfigError
+from recfunnel.types import Dataset, EvalSet, Interactions, Request, Split
+
+log = logging.getLogger(__name__)
+
+
+def ordered_events(data: Interactions, seed: int, timestamps_real: bool = True) -> pd.DataFrame:
+    """Events sorted per user by time (ties by item index), with ``pos`` = position per user.
+
+    Without real timestamps (e.g. Last.fm listening counts) each user's order is a seeded
+    shuffle, so "first n items" is a random n items, reproducibly.
+    """
+    f = data.frame
+    key = f["timestamp"].to_numpy()
+    if np.isnan(key).any():
+        key = (
+            np.nan_to_num(key, nan=0.0)
+            if timestamps_real
+            else np.random.default_rng(seed).random(len(f))
+        )
+    order = np.lexsort((f["item"].to_numpy(), key, f["user"].to_numpy()))
+    out = f.iloc[order].reset_index(drop=True)
+    out["pos"] = out.groupby("user").cumcount().to_numpy()
+    return out
+
+
+def _requests(events: pd.DataFrame, users: np.ndarray, upto: pd.Series) -> list[Request]:
+    """One request per user, its history = the user's events before position ``upto[user]``."""
+    hist = events[events["pos"] < events["user"].map(upto)]
+    grouped = dict(tuple(hist.groupby("user")["item"]))
+    empty = np.empty(0, dtype=np.int64)
+    return [
+        Request(user=int(u), history=grouped[u].to_numpy() if u in grouped else empty)
+        for u in users
+    ]
+
+
+def _truth(rows: pd.DataFrame, users: np.ndarray) -> list[np.ndarray]:
+    grouped = dict(tuple(rows.groupby("user")["item"]))
+    return [np.unique(grouped[u].to_numpy()) for u in users]
+
+
+def cold_start(
+    data: Dataset,
+    *,
+    seed: int = 0,
+    n_users: int = 200,
+    history: int = 5,
+    relevance: float | None = 4.0,
+    n_valid: int = 0,
+) -> Split:
+    """The cold-start diagnosis paper's protocol.
+
+    Sample ``n_users`` test users (all eligible users if fewer) and ``n_valid`` validation
+    users; each keeps its first ``history`` items by time as its history, its later items
+    with rating >= ``relevance`` are the truth (every later item when the data has no
+    ratings or ``relevance`` is None); train = all other users + the sampled users' histories.
+    A user is eligible when at least one relevant item follows its history.
+    """
+    if history < 0:
+        raise ConfigError(f"protocol.history must be >= 0, got {history}")
+    if n_users < 1:
+        raise ConfigError(f"protocol.n_users must be >= 1, got {n_users}")
+    inter = data.interactions
+    events = ordered_events(inter, seed, data.timestamps_real)
+    later = events["pos"] >= history
+    relevant = later.copy()
+    if relevance is not None and inter.has_ratings:
+        relevant &= events["rating"].to_numpy() >= relevance
+    eligible = np.unique(events.loc[relevant, "user"].to_numpy())
+    if len(eligible) == 0:
+        raise ConfigError(
+            f"no user of {data.name} has a relevant item after {history} history items"
+        )
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(eligible)
+    n_test = min(n_users, len(picked))
+    test_users = np.sort(picked[:n_test])
+    valid_users = np.sort(picked[n_test : n_test + n_valid])
+    held = np.isin(events["user"].to_numpy(), np.concatenate([test_users, valid_users]))
+    train = inter.with_frame(events.loc[~(held & later), list(Interactions.COLUMNS)])
+    upto = pd.Series(history, index=np.concatenate([test_users, valid_users]))
+
+    def evalset(users: np.ndarray) -> EvalSet:
+        truth_rows = events[relevant & np.isin(events["user"].to_numpy(), users)]
+        return EvalSet(_requests(events, users, upto), _truth(truth_rows, users))
+
+    params: dict[str, Any] = dict(
+        n_users=n_users, history=history, relevance=relevance, n_valid=n_valid
+    )
+    log.info("cold-start split: %d test users, %d valid users", n_test, len(valid_users))
+    return Split(
+        protocol="cold-start",
+        seed=seed,
+        train=train,
+        test=evalset(test_users),
+        valid=evalset(valid_users) if n_valid else None,
+        params=params,
+    )
+
+
+def core_filter(inter: Interactions, core: int) -> Interactions:
+    """Keep items with >= ``core`` interactions, then users with >= ``core`` (one pass each,
+    as LlamaRec / BERT4Rec's preprocessing does)."""
+    if core <= 0:
+        return inter
+    f = inter.frame
+    counts = f["item"].map(f["item"].value_counts())
+    f = f[counts >= core]
+    counts = f["user"].map(f["user"].value_counts())
+    return inter.with_frame(f[counts >= core])
+
+
+def leave_last_out(
+    data: Dataset,
+    *,
+    seed: int = 0,
+    core: int | None = None,
+    n_users: int | None = None,
+) -> Split:
+    """LlamaRec's protocol: ``core``-core filter, each user's last item (by time, ties by item)
+    is the test target and the one before it the validation target; train holds the rest.
+
+    ``core`` defaults to 5, or 0 for datasets published already filtered and split (their
+    shipped split is then reproduced exactly). ``n_users`` samples evaluation users (seeded);
+    training always keeps every user.
+    """
+    core = (0 if data.prefiltered else 5) if core is None else core
+    inter = core_filter(data.interactions, core)
+    events = ordered_events(inter, seed, data.timestamps_real)
+    sizes = events.groupby("user")["pos"].transform("size").to_numpy()
+    users = np.unique(events.loc[sizes >= 3, "user"].to_numpy())
+    if len(users) == 0:
+        raise ConfigError(f"no user of {data.name} has 3 or more interactions after filtering")
+    if n_users is not None and n_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, n_users, replace=False))
+    pos = events["pos"].to_numpy()
+    is_test = pos == sizes - 1
+    is_valid = pos == sizes - 2
+    held = (is_test | is_valid) & (sizes >= 3)
+    train = inter.with_frame(events.loc[~held, list(Interactions.COLUMNS)])
+    last = events.groupby("user")["pos"].max()
+
+    def evalset(offset: int, mask: np.ndarray) -> EvalSet:
+        rows = events[mask & np.isin(events["user"].to_numpy(), users)]
+        targets = dict(zip(rows["user"], rows["item"], strict=True))
+        reqs = _requests(events, users, last.loc[users] - offset)
+        return EvalSet(reqs, [np.array([targets[u]], dtype=np.int64) for u in users])
+
+    return Split(
+        protocol="leave-last-out",
+        seed=seed,
+        train=train,
+        test=evalset(0, is_test),
+        valid=evalset(1, is_valid),
+        params=dict(core=core, n_users=n_users),
+    )
+
+
+PROTOCOLS: dict[str, Callable[..., Split]] = {
+    "cold-start": cold_start,
+    "leave-last-out": leave_last_out,
+}
+
+
+def make_split(data: Dataset, protocol: str, seed: int = 0, **params: Any) -> Split:
+    """Run a protocol by name."""
+    fn = PROTOCOLS.get(protocol)
+    if fn is None:
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return fn(data, seed=seed, **params)

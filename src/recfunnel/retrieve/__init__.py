@@ -1,0 +1,1 @@
+"""Candidate generators (batched over requests) and pool fusion."""

@@ -1,0 +1,92 @@
+"""The command line, run in-process with typer's runner on real data."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from recfunnel.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def data_env(shared_data, monkeypatch):
+    monkeypatch.setenv("RECFUNNEL_DATA", str(shared_data))
+
+
+def test_eval_writes_results_json(tmp_path):
+    out = tmp_path / "out.json"
+    res = runner.invoke(
+        app,
+        ["eval", "--dataset", "ml-latest-small", "--protocol", "cold-start",
+         "--pipelines", "popularity,random,cf", "--seeds", "2", "--users", "30",
+         "--json", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["dataset"] == "ml-latest-small" and doc["protocol"] == "cold-start"
+    assert len(doc["results"]) == 6
+    first = doc["results"][0]
+    assert first["pipeline"] == "popularity" and first["seed"] == 0 and first["n_users"] == 30
+    assert {"hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"} <= set(first["metrics"])
+    assert "retrieve:popularity" in first["stages"]
+    by = {(r["pipeline"], r["seed"]): r["metrics"] for r in doc["results"]}
+    assert by[("popularity", 0)]["hr@10"] > by[("random", 0)]["hr@10"]
+    assert "popularity" in res.output and "±" in res.output  # the table
+
+
+def test_eval_json_to_stdout_and_leave_last_out():
+    res = runner.invoke(
+        app,
+        ["eval", "--protocol", "leave-last-out", "--pipelines", "popularity",
+         "--seeds", "1", "--users", "25", "--metrics", "hr@10,ndcg@10", "--json", "-", "--quiet"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["protocol"] == "leave-last-out"
+    assert set(doc["results"][0]["metrics"]) == {"hr@10", "ndcg@10"}
+
+
+def test_eval_with_config_file(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        'dataset = "ml-latest-small"\nseeds = 1\nmetrics = ["hr@10"]\n'
+        '[protocol]\nname = "cold-start"\nn_users = 20\n'
+        '[[pipelines]]\nname = "mine"\nretrievers = [{kind = "popularity"}, {kind = "cf"}]\n'
+        'fusion = {method = "weighted"}\n'
+    )
+    res = runner.invoke(app, ["eval", "--config", str(cfg), "--json", "-", "--quiet"])
+    assert res.exit_code == 0, res.output
+    stages = json.loads(res.stdout)["results"][0]["stages"]
+    assert set(stages) == {"retrieve:popularity", "retrieve:cf", "fuse:weighted"}
+
+
+def test_bad_config_field_is_named(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[pipelines]]\nname = "x"\nretrievers = [{kind = "cf", factorz = 2}]\n')
+    res = runner.invoke(app, ["eval", "--config", str(cfg), "--quiet"])
+    assert res.exit_code == 2
+    assert "factorz" in res.output and "Traceback" not in res.output
+
+
+def test_missing_dataset_message(tmp_path):
+    res = runner.invoke(app, ["data", "info", "ml-latest-small", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "ml-latest-small" in res.output and "ratings.csv" in res.output
+
+
+def test_unknown_names():
+    res = runner.invoke(app, ["eval", "--pipelines", "nope", "--quiet"])
+    assert res.exit_code == 2 and "unknown pipeline" in res.output
+    res = runner.invoke(app, ["data", "info", "nope"])
+    assert res.exit_code == 2 and "unknown dataset" in res.output
+
+
+def test_data_list_and_info():
+    res = runner.invoke(app, ["data", "list", "--json"])
+    names = {d["name"] for d in json.loads(res.stdout)}
+    assert {"ml-latest-small", "ml-100k", "ml-1m", "serendipity-2018", "lastfm-2k"} <= names
+    res = runner.invoke(app, ["data", "info", "ml-latest-small", "--json"])
+    info = json.loads(res.stdout)
+    assert info["users"] == 610 and info["interactions"] == 100_836
