@@ -9,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One cache for the whole suite, kept between runs in the checkout (git-ignored): item
+# embeddings and the de-quantized model are computed once, not once per test module.
+os.environ.setdefault("RECFUNNEL_CACHE", str(REPO / ".cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

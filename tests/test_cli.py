@@ -90,3 +90,32 @@ def test_data_list_and_info():
     res = runner.invoke(app, ["data", "info", "ml-latest-small", "--json"])
     info = json.loads(res.stdout)
     assert info["users"] == 610 and info["interactions"] == 100_836
+
+
+def test_eval_any_csv_with_catalog(tmp_path):
+    """The generic loader through the CLI: an interactions CSV plus an items CSV."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 600
+    pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 40, n),
+            "item_id": rng.integers(0, 60, n),
+            "rating": rng.integers(1, 6, n).astype(float),
+            "timestamp": np.arange(n),
+        }
+    ).drop_duplicates(["user_id", "item_id"]).to_csv(tmp_path / "events.csv", index=False)
+    pd.DataFrame({"item_id": range(60), "title": [f"Item {i}" for i in range(60)]}).to_csv(
+        tmp_path / "items.csv", index=False
+    )
+    res = runner.invoke(
+        app,
+        ["eval", "--dataset", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv"),
+         "--pipelines", "popularity,cf", "--seeds", "1", "--users", "10", "--history", "3",
+         "--metrics", "hr@10,recall@20", "--json", "-", "--quiet"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert len(doc["results"]) == 2 and doc["results"][0]["n_users"] == 10

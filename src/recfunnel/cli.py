@@ -28,6 +28,8 @@ data_app = typer.Typer(help="List, inspect and download datasets.", no_args_is_h
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
+TABULAR_SUFFIXES = {".csv", ".tsv", ".tab", ".parquet", ".pq", ".gz"}
+
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Folder holding dataset folders (else $RECFUNNEL_DATA)."),
@@ -53,6 +55,7 @@ def _experiment_config(
     history: int | None,
     metrics: str | None,
     data_dir: Path | None,
+    items: Path | None = None,
 ) -> Any:
     """The TOML config (if any) with command-line options laid over it."""
     import tomllib
@@ -66,7 +69,9 @@ def _experiment_config(
             raise RecfunnelError(f"config file {config} does not exist")
         raw = tomllib.loads(config.read_text())
         source = str(config)
-    if dataset:
+    if dataset and Path(dataset).suffix.lower() in TABULAR_SUFFIXES:
+        raw["dataset"] = {"interactions": dataset, "items": str(items) if items else None}
+    elif dataset:
         raw["dataset"] = dataset
     if data_dir:
         raw["data_dir"] = str(data_dir)
@@ -91,6 +96,26 @@ def _experiment_config(
     return parse_config(raw, source)
 
 
+def _llm_overrides(cfg: Any, **overrides: Any) -> Any:
+    """Lay command-line LLM options over every rerank stage of the chosen pipelines."""
+    from recfunnel.config import ExperimentConfig
+
+    llm_keys = {"backend", "model", "base_url"}
+    llm_set = {k: v for k, v in overrides.items() if k in llm_keys and v is not None}
+    stage_set = {k: v for k, v in overrides.items() if k not in llm_keys and v is not None}
+    if not llm_set and not stage_set:
+        return cfg
+    data = cfg.model_dump()
+    for pipe in data["pipelines"]:
+        if pipe.get("rerank"):
+            pipe["rerank"].update(stage_set)
+            pipe["rerank"]["llm"].update(llm_set)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except Exception as exc:  # pydantic's message names the field
+        raise RecfunnelError(f"bad LLM option: {exc}") from None
+
+
 def _table(result: Any, metrics: list[str]) -> Table:
     table = Table(title=f"{result.dataset} · {result.protocol} · seeds {result.seeds}")
     table.add_column("pipeline", style="bold")
@@ -108,7 +133,13 @@ def _table(result: Any, metrics: list[str]) -> Table:
 @app.command("eval")
 def eval_cmd(
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (see configs/).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name, e.g. ml-latest-small.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset name (e.g. ml-latest-small) or an interactions CSV/Parquet."),
+    ] = None,
+    items: Annotated[
+        Path | None, typer.Option(help="Item catalog file, with --dataset FILE.")
+    ] = None,
     protocol: Annotated[str | None, typer.Option(help="cold-start or leave-last-out.")] = None,
     pipelines: Annotated[
         str | None, typer.Option(help="Comma-separated pipeline names (built-in or in --config).")
@@ -120,6 +151,23 @@ def eval_cmd(
         str | None, typer.Option(help="Comma-separated, e.g. hr@10,ndcg@10.")
     ] = None,
     data_dir: DataDir = None,
+    backend: Annotated[
+        str | None, typer.Option(help="LLM back-end for rerank stages: llamacpp, hf, openai.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="LLM model: smollm2-135m, gemma3-270m, a path, a name.")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="openai back-end: server URL.")] = None,
+    top_n: Annotated[int | None, typer.Option(help="Candidates each LLM stage reranks.")] = None,
+    shuffles: Annotated[
+        int | None, typer.Option(help="Candidate orders per user (position-bias bootstrap).")
+    ] = None,
+    blend: Annotated[
+        float | None, typer.Option(help="Weight of the previous stage in the final score.")
+    ] = None,
+    show_prev_rank: Annotated[
+        bool | None, typer.Option(help="Show each candidate's ranker rank in the prompt.")
+    ] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write results JSON to this path ('-': stdout).")
     ] = None,
@@ -130,8 +178,12 @@ def eval_cmd(
 
     try:
         cfg = _experiment_config(
-            config, dataset, protocol, pipelines, seeds, users, history, metrics, data_dir
+            config, dataset, protocol, pipelines, seeds, users, history, metrics, data_dir, items
         )
+        cfg = _llm_overrides(
+            cfg, backend=backend, model=model, base_url=base_url, top_n=top_n,
+            shuffles=shuffles, blend=blend, show_prev_rank=show_prev_rank,
+        )  # fmt: skip
         data = load_experiment_data(cfg)
         total = len(cfg.seeds) * len(cfg.pipelines)
         with Progress(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import parse_metric
+from recfunnel.rerank.llm import RerankConfig
 from recfunnel.retrieve.cf import CFConfig
 from recfunnel.retrieve.content import ContentConfig
 from recfunnel.retrieve.fusion import FusionConfig
@@ -35,6 +36,7 @@ class PipelineConfig(_Strict):
     retrievers: list[RetrieverConfig] = Field(min_length=1)
     fusion: FusionConfig | None = None
     pool_size: int = Field(200, ge=1, description="Depth each retriever hands to fusion.")
+    rerank: RerankConfig | None = None
 
     @model_validator(mode="after")
     def _fusion_when_several(self) -> PipelineConfig:
@@ -139,7 +141,17 @@ class ExperimentConfig(_Strict):
 
 def _builtins() -> dict[str, PipelineConfig]:
     hybrid = [CFConfig(), ContentConfig(), PopularityConfig()]
+    llm = {
+        f"hybrid+llm-{m}": PipelineConfig(
+            name=f"hybrid+llm-{m}",
+            retrievers=list(hybrid),
+            fusion=FusionConfig(method="rrf"),
+            rerank=RerankConfig(method=m),
+        )
+        for m in ("verbalizer", "permutation", "pointwise")
+    }
     return {
+        **llm,
         "popularity": PipelineConfig(name="popularity", retrievers=[PopularityConfig()]),
         "random": PipelineConfig(name="random", retrievers=[RandomConfig()]),
         "cf": PipelineConfig(name="cf", retrievers=[CFConfig()]),

@@ -31,6 +31,8 @@ class Catalog:
     """
 
     frame: pd.DataFrame
+    noun: str = "item"
+    """What the items are ("movie", "artist"…): prompts call them that."""
 
     COLUMNS = ("item_id", "title", "genres", "year", "text")
 
@@ -298,6 +300,9 @@ class CandidateBatch:
     scores: np.ndarray
     stage: str
     fallback: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-cell arrays aligned with ``items`` (e.g. a reranker's raw LLM score and each
+    item's input position), read by diagnostics."""
 
     def __post_init__(self) -> None:
         if self.items.shape != self.scores.shape or self.items.ndim != 2:

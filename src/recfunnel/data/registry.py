@@ -34,6 +34,7 @@ class DatasetSpec:
     """'module:function' taking the dataset folder and returning a Dataset (imported lazily)."""
     archive: Archive | None = None
     about: str = ""
+    noun: str = "item"
 
     def load_fn(self) -> Callable[[Path], Dataset]:
         module, fn = self.loader.split(":")
@@ -53,6 +54,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "recfunnel.data.movielens:load_ml_latest_small",
             Archive(f"{_GL}/movielens/ml-latest-small.zip", None, "ml-latest-small"),
             "MovieLens latest-small: 100,836 ratings, 610 users, 9,742 movies",
+            noun="movie",
         ),
         DatasetSpec(
             "ml-100k",
@@ -61,6 +63,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "recfunnel.data.movielens:load_ml_100k",
             Archive(f"{_GL}/movielens/ml-100k.zip", "0e33842e24a9c977be4e0107933c0723", "ml-100k"),
             "MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies",
+            noun="movie",
         ),
         DatasetSpec(
             "ml-1m",
@@ -69,6 +72,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "recfunnel.data.movielens:load_ml_1m",
             Archive(f"{_GL}/movielens/ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906", "ml-1m"),
             "MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,706 movies",
+            noun="movie",
         ),
         DatasetSpec(
             "serendipity-2018",
@@ -79,6 +83,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 f"{_GL}/serendipity-sac2018/serendipity-sac2018.zip", None, "serendipity-sac2018"
             ),
             "MovieLens Serendipity 2018: ~10M ratings with serendipity answers",
+            noun="movie",
         ),
         DatasetSpec(
             "lastfm-2k",
@@ -87,6 +92,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "recfunnel.data.lastfm:load_lastfm",
             None,
             "HetRec 2011 Last.fm: 1,892 users, 17,632 artists, listening counts and tags",
+            noun="artist",
         ),
         DatasetSpec(
             "amazon-games",
@@ -95,6 +101,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "recfunnel.data.amazon:load_amazon_games",
             None,
             "Amazon Video Games sequences as processed for LLMRank: 50,546 users, 16,859 items",
+            noun="video game",
         ),
     ]
 }
@@ -106,4 +113,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     if spec is None:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     path = dataset_dir(spec.folder, spec.files, data_dir)
-    return dataclasses.replace(spec.load_fn()(path), name=spec.name)
+    data = spec.load_fn()(path)
+    catalog = dataclasses.replace(data.catalog, noun=spec.noun)
+    return dataclasses.replace(data, name=spec.name, catalog=catalog)

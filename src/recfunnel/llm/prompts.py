@@ -1,0 +1,138 @@
+"""Every prompt recfunnel sends, in one place, each rendered by one small function.
+
+The user's history is listed newest first and truncated (``history_items``), titles are
+cut to ``title_chars``, and a candidate may carry its previous-stage rank (as LLM4Rerank
+does) so a small model can refine the ranker's order instead of guessing from titles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recfunnel.llm.base import Message
+from recfunnel.types import Catalog
+
+LABELS = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [
+    chr(c) for c in range(ord("a"), ord("z") + 1)
+]
+"""Single-character candidate labels for the verbalizer (each one token in common tokenizers)."""
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    noun: str = "item"
+    history_items: int = 20
+    title_chars: int = 60
+    show_prev_rank: bool = False
+
+
+def item_line(catalog: Catalog, item: int, style: PromptStyle) -> str:
+    """'Title (1995) — Comedy, Drama': short, and only what the catalog knows."""
+    row = catalog.frame.iloc[int(item)]
+    title = str(row["title"])
+    if len(title) > style.title_chars:
+        title = title[: style.title_chars - 1].rstrip() + "…"
+    year = row["year"]
+    if year is not None and not (isinstance(year, float) and np.isnan(year)):
+        try:
+            y = int(year)
+            if f"({y})" not in title:
+                title = f"{title} ({y})"
+        except (TypeError, ValueError):
+            pass
+    genres = row["genres"]
+    return f"{title} — {', '.join(genres[:3])}" if len(genres) else title
+
+
+def history_block(catalog: Catalog, history: np.ndarray, style: PromptStyle) -> str:
+    """The user's most recent items, newest first; says so when there are none."""
+    recent = list(history[::-1][: style.history_items])
+    if not recent:
+        return f"The user has not rated any {style.noun}s yet."
+    lines = "\n".join(f"- {item_line(catalog, i, style)}" for i in recent)
+    return f"{style.noun.capitalize()}s the user liked, most recent first:\n{lines}"
+
+
+def _candidate_lines(
+    catalog: Catalog,
+    items: Sequence[int],
+    labels: Sequence[str],
+    style: PromptStyle,
+    prev_ranks: Sequence[int] | None,
+) -> str:
+    lines = []
+    for j, (label, item) in enumerate(zip(labels, items, strict=True)):
+        line = f"{label} {item_line(catalog, item, style)}"
+        if style.show_prev_rank and prev_ranks is not None:
+            line += f" (ranker's rank: {prev_ranks[j] + 1})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def verbalizer_prompt(
+    catalog: Catalog,
+    history: np.ndarray,
+    items: Sequence[int],
+    style: PromptStyle,
+    prev_ranks: Sequence[int] | None = None,
+) -> tuple[list[Message], list[str]]:
+    """LlamaRec's single-pass prompt: candidates labelled A, B, …; the answer is one label."""
+    labels = LABELS[: len(items)]
+    if len(items) > len(LABELS):
+        raise ValueError(f"the verbalizer labels at most {len(LABELS)} candidates")
+    cands = _candidate_lines(catalog, items, [f"{lab}." for lab in labels], style, prev_ranks)
+    user = (
+        f"{history_block(catalog, history, style)}\n\n"
+        f"Candidate {style.noun}s:\n{cands}\n\n"
+        f"Which candidate will the user most likely enjoy next? "
+        f"Answer with its letter only."
+    )
+    system = f"You are a {style.noun} recommender. You answer with a single letter."
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}], labels
+
+
+def permutation_prompt(
+    catalog: Catalog,
+    history: np.ndarray,
+    items: Sequence[int],
+    style: PromptStyle,
+    prev_ranks: Sequence[int] | None = None,
+) -> list[Message]:
+    """RankGPT's listwise prompt: identifiers [1]..[n]; the answer is '[2] > [1] > …'."""
+    n = len(items)
+    labels = [f"[{j + 1}]" for j in range(n)]
+    cands = _candidate_lines(catalog, items, labels, style, prev_ranks)
+    user = (
+        f"{history_block(catalog, history, style)}\n\n"
+        f"Here are {n} candidate {style.noun}s, each with an identifier in brackets:\n{cands}\n\n"
+        f"Rank all {n} candidates by how likely the user is to enjoy them next, most likely "
+        f"first. Answer only with the identifiers in the format [2] > [1] > [3], "
+        f"with no explanation."
+    )
+    system = f"You are RankGPT, an assistant that ranks {style.noun}s by a user's preferences."
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+YES_NO = ("Yes", "No")
+
+
+def pointwise_prompt(
+    catalog: Catalog,
+    history: np.ndarray,
+    item: int,
+    style: PromptStyle,
+    prev_rank: int | None = None,
+) -> list[Message]:
+    """TALLRec's yes/no question about one candidate; P(yes) is read from the logits."""
+    about = item_line(catalog, item, style)
+    if style.show_prev_rank and prev_rank is not None:
+        about += f" (ranker's rank: {prev_rank + 1})"
+    user = (
+        f"{history_block(catalog, history, style)}\n\n"
+        f"Will the user enjoy this {style.noun}: {about}?\nAnswer Yes or No."
+    )
+    system = f"You are a {style.noun} recommender. You answer Yes or No."
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]

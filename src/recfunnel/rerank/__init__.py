@@ -1,0 +1,1 @@
+"""Rerankers: LLM listwise/pointwise methods (and, later, aspect rerankers)."""

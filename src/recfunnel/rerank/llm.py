@@ -1,0 +1,359 @@
+"""LLM rerankers: LlamaRec's verbalizer, RankGPT's permutation generation, TALLRec's yes/no.
+
+All three share one pipeline (this module's :class:`LLMReranker`):
+
+1. take each request's head (the previous stage's top ``top_n``);
+2. present it in ``shuffles`` orders (the input order first, then seeded shuffles) to
+   measure and average out position bias;
+3. score every presented list with the method (batched over requests);
+4. aggregate the orders (Borda: mean rank, or mean raw score) and report their agreement;
+5. optionally blend with the previous stage (``blend`` = its weight), since a small
+   model's signal is mostly position and should refine the ranker rather than replace it;
+6. on a back-end failure, keep the previous order for that request and count it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.stats import kendalltau, rankdata
+from tqdm.auto import tqdm
+
+from recfunnel.llm.base import LLM, LLMConfig, LLMUnavailable, Usage
+from recfunnel.llm.parse import parse_permutation
+from recfunnel.llm.prompts import (
+    LABELS,
+    YES_NO,
+    PromptStyle,
+    permutation_prompt,
+    pointwise_prompt,
+    verbalizer_prompt,
+)
+from recfunnel.rerank.base import Reranker
+from recfunnel.types import PAD, CandidateBatch, Request
+
+log = logging.getLogger(__name__)
+
+Method = Literal["verbalizer", "permutation", "pointwise"]
+
+
+class RerankConfig(BaseModel):
+    """An LLM reranking stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method = "verbalizer"
+    top_n: int = Field(20, ge=2, description="Candidates from the previous stage to rerank.")
+    shuffles: int = Field(1, ge=1, description="Orders presented: input order + shuffles-1.")
+    aggregate: Literal["borda", "mean-score"] = "borda"
+    blend: float = Field(0.0, ge=0.0, le=1.0, description="Weight of the previous stage.")
+    show_prev_rank: bool = Field(False, description="Print each candidate's ranker rank.")
+    history_items: int = Field(20, ge=0, description="Most recent history items shown.")
+    title_chars: int = Field(60, ge=8)
+    window: int = Field(20, ge=2, description="permutation: sliding window size")
+    step: int = Field(10, ge=1, description="permutation: window step")
+    batch_size: int = Field(16, ge=1, description="prompts sent to the LLM at once")
+    noun: str = Field("item", description="what the prompt calls an item (movie, artist…)")
+    seed: int = 0
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+    @model_validator(mode="after")
+    def _limits(self) -> RerankConfig:
+        if self.method == "verbalizer" and self.top_n > len(LABELS):
+            raise ValueError(f"verbalizer labels at most {len(LABELS)} candidates (top_n)")
+        if self.step > self.window:
+            raise ValueError("step must not exceed window")
+        return self
+
+
+@dataclass
+class Job:
+    """One presented list: request ``row``, items in presented order, their input ranks."""
+
+    row: int
+    items: np.ndarray
+    prev_ranks: np.ndarray
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray  # aligned with Job.items, higher = better
+    outputs: int  # LLM outputs behind these scores (for the invalid rate)
+    invalid: int = 0  # how many of those outputs were invalid
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+class LLMReranker(Reranker):
+    """Shared machinery; subclasses implement :meth:`score_jobs`."""
+
+    kind = "llm"
+
+    def __init__(self, config: RerankConfig, llm: LLM) -> None:
+        self.config = config
+        self.llm = llm
+        self.style = PromptStyle(
+            noun=config.noun,
+            history_items=config.history_items,
+            title_chars=config.title_chars,
+            show_prev_rank=config.show_prev_rank,
+        )
+        self._stats: dict[str, Any] = {}
+
+    @property
+    def stage(self) -> str:
+        return f"rerank:{self.config.method}"
+
+    def n_orders(self) -> int:
+        return self.config.shuffles
+
+    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------
+    def _orders(self, request: Request, n: int) -> list[np.ndarray]:
+        """Input order first, then seeded shuffles that depend only on seed and user."""
+        orders = [np.arange(n)]
+        user = -1 if request.user is None else request.user
+        rng = np.random.default_rng([self.config.seed, user + 1, n])
+        while len(orders) < self.n_orders():
+            orders.append(rng.permutation(n))
+        return orders
+
+    def _batched(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored | None]:
+        """Score jobs in chunks; a chunk whose back-end call fails yields None (fallback)."""
+        out: list[Scored | None] = []
+        size = self.config.batch_size
+        chunks = range(0, len(jobs), size)
+        for start in tqdm(chunks, desc=self.stage, disable=None if len(chunks) > 4 else True):
+            chunk = jobs[start : start + size]
+            try:
+                out.extend(self.score_jobs(requests, chunk))
+            except LLMUnavailable as exc:
+                log.warning("%s: back-end unavailable (%s); keeping input order", self.stage, exc)
+                out.extend([None] * len(chunk))
+        return out
+
+    def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
+        usage_before = self.llm.usage.copy()
+        n_rows, depth = head.items.shape
+        jobs: list[Job] = []
+        for r in range(n_rows):
+            valid = np.flatnonzero(head.items[r] != PAD)
+            for order in self._orders(requests[r], len(valid)):
+                jobs.append(Job(r, head.items[r, valid][order], valid[order]))
+        scored = self._batched(requests, jobs)
+
+        items = head.items.copy()
+        scores = np.full((n_rows, depth), -np.inf)
+        llm_score = np.full((n_rows, depth), np.nan)
+        fallback = np.zeros(n_rows, dtype=bool)
+        invalid_rows = np.zeros(n_rows, dtype=bool)
+        outputs = invalid_outputs = 0
+        agreements: list[float] = []
+        by_row: dict[int, list[tuple[Job, Scored | None]]] = {}
+        for job, sc in zip(jobs, scored, strict=True):
+            by_row.setdefault(job.row, []).append((job, sc))
+        for r, pairs in by_row.items():
+            n = len(pairs[0][0].items)
+            if n == 0:
+                continue
+            if any(sc is None for _, sc in pairs):
+                fallback[r] = True
+                continue
+            per_order = np.full((len(pairs), n), np.nan)  # scores by input position
+            ranks = np.full((len(pairs), n), np.nan)
+            for o, (job, sc) in enumerate(pairs):
+                assert sc is not None
+                per_order[o, job.prev_ranks] = sc.scores
+                ranks[o, job.prev_ranks] = rankdata(-sc.scores, method="average")
+                outputs += sc.outputs
+                invalid_outputs += sc.invalid
+                invalid_rows[r] |= sc.invalid > 0
+            if len(pairs) > 1:
+                taus = [
+                    kendalltau(ranks[a], ranks[b]).statistic
+                    for a, b in itertools.combinations(range(len(pairs)), 2)
+                ]
+                agreements.append(float(np.nanmean(taus)))
+            raw = (
+                -ranks.mean(axis=0)
+                if self.config.aggregate == "borda" and len(pairs) > 1
+                else per_order.mean(axis=0)
+            )
+            prev_lin = (n - 1 - np.arange(n)) / max(n - 1, 1)
+            b = self.config.blend
+            final = raw if b == 0 else (1 - b) * _zscore(raw) + b * _zscore(prev_lin)
+            order = np.lexsort((np.arange(n), -final))  # ties keep the input order
+            items[r, :n] = head.items[r, :n][order]
+            scores[r, :n] = final[order]
+            llm_score[r, :n] = raw[order]
+        # fallback rows keep the input order and score
+        scores[fallback] = head.scores[fallback]
+        input_pos = np.where(items != PAD, 0, -1)
+        for r in range(n_rows):  # each output item's position in the input
+            pos = {int(it): j for j, it in enumerate(head.items[r])}
+            input_pos[r] = [pos.get(int(it), -1) for it in items[r]]
+        used = self.llm.usage.since(usage_before)
+        self._stats = self._summarise(
+            used, n_rows, fallback, invalid_rows, outputs, invalid_outputs, agreements
+        )
+        return CandidateBatch(
+            items,
+            scores,
+            self.stage,
+            fallback=fallback,
+            extras={"llm_score": llm_score, "input_pos": input_pos},
+        )
+
+    def _summarise(
+        self,
+        used: Usage,
+        n_rows: int,
+        fallback: np.ndarray,
+        invalid_rows: np.ndarray,
+        outputs: int,
+        invalid_outputs: int,
+        agreements: list[float],
+    ) -> dict[str, Any]:
+        per = max(n_rows, 1)
+        return {
+            "llm_calls": used.calls,
+            "cache_hits": used.cache_hits,
+            "prompt_tokens": used.prompt_tokens,
+            "completion_tokens": used.completion_tokens,
+            "llm_seconds": used.seconds,
+            "llm_errors": used.errors,
+            "llm_calls_per_user": used.calls / per,
+            "prompt_tokens_per_user": used.prompt_tokens / per,
+            "completion_tokens_per_user": used.completion_tokens / per,
+            "invalid_rate": invalid_outputs / outputs if outputs else 0.0,
+            "invalid_row_rate": float(invalid_rows.mean()) if n_rows else 0.0,
+            "fallback_rate": float(fallback.mean()) if n_rows else 0.0,
+            "order_agreement": float(np.mean(agreements)) if agreements else float("nan"),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
+
+
+class VerbalizerReranker(LLMReranker):
+    """One forward pass per list; each candidate's score is its label's log-probability."""
+
+    kind = "verbalizer"
+
+    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
+        cat = self.catalog_
+        prompts = []
+        for job in jobs:
+            msgs, _ = verbalizer_prompt(
+                cat, requests[job.row].history, job.items.tolist(), self.style,
+                job.prev_ranks.tolist(),
+            )  # fmt: skip
+            prompts.append(msgs)
+        if not prompts:
+            return []
+        # lists may differ in length (short pools): score the longest label set, then cut
+        n_max = max(len(j.items) for j in jobs)
+        answers = self.llm.option_logprobs_many(prompts, LABELS[:n_max])
+        return [
+            Scored(a.logprobs[: len(j.items)], 1, int(a.missing > 0))
+            for j, a in zip(jobs, answers, strict=True)
+        ]
+
+
+class PointwiseReranker(LLMReranker):
+    """P(yes) for each (user, candidate); position cannot matter, so one order suffices."""
+
+    kind = "pointwise"
+
+    def n_orders(self) -> int:
+        return 1
+
+    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
+        cat = self.catalog_
+        prompts = [
+            pointwise_prompt(cat, requests[j.row].history, int(item), self.style, int(rank))
+            for j in jobs
+            for item, rank in zip(j.items, j.prev_ranks, strict=True)
+        ]
+        answers = self.llm.option_logprobs_many(prompts, list(YES_NO))
+        out, k = [], 0
+        for j in jobs:
+            lp = np.array([answers[k + i].logprobs for i in range(len(j.items))])
+            missing = sum(answers[k + i].missing > 0 for i in range(len(j.items)))
+            k += len(j.items)
+            p_yes = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
+            out.append(Scored(p_yes, len(j.items), missing))
+        return out
+
+
+class PermutationReranker(LLMReranker):
+    """RankGPT: the model writes a permutation; long lists use a sliding window from the back."""
+
+    kind = "permutation"
+
+    def windows(self, n: int) -> list[tuple[int, int]]:
+        """RankGPT's windows over positions [0, n): back to front, ``window`` wide."""
+        w, s = self.config.window, self.config.step
+        out = []
+        end, start = n, n - w
+        while True:
+            out.append((max(start, 0), end))
+            if start <= 0:
+                return out
+            end, start = end - s, start - s
+
+    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
+        cat = self.catalog_
+        current = [list(range(len(j.items))) for j in jobs]  # presented positions, in order
+        invalid = [0] * len(jobs)
+        outputs = [0] * len(jobs)
+        plans = [self.windows(len(j.items)) for j in jobs]
+        for t in range(max((len(p) for p in plans), default=0)):
+            active = [i for i, p in enumerate(plans) if t < len(p)]
+            prompts, spans = [], []
+            for i in active:
+                lo, hi = plans[i][t]
+                window = current[i][lo:hi]
+                prompts.append(
+                    permutation_prompt(
+                        cat, requests[jobs[i].row].history,
+                        [int(jobs[i].items[p]) for p in window], self.style,
+                        [int(jobs[i].prev_ranks[p]) for p in window],
+                    )
+                )  # fmt: skip
+                spans.append((lo, hi))
+            n_ids = max(hi - lo for lo, hi in spans)
+            answers = self.llm.complete_many(prompts, max_tokens=6 * n_ids + 8, stop=["\n\n"])
+            for i, (lo, hi), ans in zip(active, spans, answers, strict=True):
+                parsed = parse_permutation(ans.text, hi - lo)
+                window = current[i][lo:hi]
+                current[i][lo:hi] = [window[j] for j in parsed.order]
+                invalid[i] += int(parsed.invalid)
+                outputs[i] += 1
+        out = []
+        for i, j in enumerate(jobs):
+            scores = np.empty(len(j.items))
+            scores[current[i]] = -np.arange(len(j.items), dtype=np.float64)
+            out.append(Scored(scores, outputs[i], invalid[i]))
+        return out
+
+
+RERANKERS: dict[str, type[LLMReranker]] = {
+    "verbalizer": VerbalizerReranker,
+    "permutation": PermutationReranker,
+    "pointwise": PointwiseReranker,
+}
+
+
+def build_reranker(config: RerankConfig, llm: LLM) -> LLMReranker:
+    return RERANKERS[config.method](config, llm)
