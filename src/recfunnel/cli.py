@@ -216,6 +216,53 @@ def eval_cmd(
                 console.print(f"wrote {json_out}")
 
 
+@app.command("enrich")
+def enrich_cmd(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "ml-latest-small",
+    limit: Annotated[
+        int | None, typer.Option(help="Describe only the N most popular items.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="LLM back-end: llamacpp, hf, openai.")] = "llamacpp",
+    model: Annotated[str, typer.Option(help="LLM model alias, path or server name.")] = (
+        "smollm2-135m"
+    ),
+    base_url: Annotated[str | None, typer.Option(help="openai back-end: server URL.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write descriptions as JSON lines.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Have the LLM describe each item (genre, tone, themes, audience), cached per item and
+    model; `content` retrievers with an `enrich` table then embed the enriched text."""
+    from recfunnel.data.registry import load_dataset
+    from recfunnel.enrich import describe_items, pick_items
+    from recfunnel.llm import build_llm
+    from recfunnel.llm.base import LLMConfig
+
+    try:
+        data = load_dataset(dataset, data_dir)
+        extra = {"base_url": base_url} if base_url else {}
+        cfg = LLMConfig.model_validate(
+            {"backend": backend, "model": model, "repeat_penalty": 1.3, **extra}
+        )
+        llm = build_llm(cfg)
+        items = pick_items(data.catalog, data.interactions, limit)
+        texts = describe_items(data.catalog, llm, items)
+    except RecfunnelError as exc:
+        raise _fail(exc) from None
+    u = llm.usage
+    console.print(
+        f"described {len(items)} items: {u.calls - u.cache_hits} generated, "
+        f"{u.cache_hits} from cache, {u.completion_tokens} tokens, {u.seconds:.1f}s"
+    )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ids = data.catalog.ids_of(items)
+        with out.open("w") as f:
+            for i, item_id, text in zip(items, ids, texts, strict=True):
+                row = {"item_id": item_id, "title": data.catalog.titles[i], "description": text}
+                f.write(json.dumps(row, default=str) + "\n")
+        console.print(f"wrote {out}")
+
+
 @data_app.command("list")
 def data_list(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

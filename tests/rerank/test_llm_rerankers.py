@@ -67,7 +67,8 @@ class ScriptedLLM(LLM):
 def prefers_high_ids(prompt: str, options: Sequence[str]) -> np.ndarray:
     """Likes items with higher index, wherever they are listed (a content signal)."""
     items = titles_in(prompt)
-    return np.log(np.array([items[i] + 1.0 for i in range(len(options))]) / 100)
+    return np.log(np.array([items[i] + 1.0 if i < len(items) else 1e-9
+                            for i in range(len(options))]) / 100)  # fmt: skip
 
 
 def prefers_first_slot(prompt: str, options: Sequence[str]) -> np.ndarray:
@@ -115,6 +116,19 @@ def test_position_bias_is_measured_and_averaged_by_shuffles():
     out = rr.rerank(REQS[:1], head([[1, 2, 3, 4, 5, 6]]))
     assert out.items.tolist() == [[6, 5, 4, 3, 2, 1]]
     assert rr.stats()["order_agreement"] == pytest.approx(1.0)
+
+
+def test_verbalizer_scores_long_lists_in_chunks():
+    llm = ScriptedLLM(logprobs=prefers_high_ids)
+    rr = make(VerbalizerReranker, llm, top_n=45, window=20)
+    rows = [list(range(45))]
+    out = rr.rerank(REQS[:1], head(rows))
+    assert rr.stats()["llm_calls"] == 3  # 20 + 20 + 5 candidates
+    assert sorted(out.items[0].tolist()) == rows[0]
+    # within each chunk the content signal orders items; chunk scores are renormalised
+    assert [len(titles_in(p)) for p in llm.prompts] == [20, 20, 5]
+    lp = out.extras["llm_score"][0]
+    assert np.isfinite(lp).all() and (lp <= 0).all()
 
 
 def test_shuffles_depend_on_seed_and_user_only():
@@ -209,7 +223,8 @@ def test_merge_head_keeps_the_tail():
 
 def test_config_limits():
     with pytest.raises(ValueError):
-        RerankConfig(method="verbalizer", top_n=len(LABELS) + 1)
+        RerankConfig(method="verbalizer", window=len(LABELS) + 1)
+    assert RerankConfig(method="verbalizer", top_n=200).top_n == 200  # scored in chunks
     with pytest.raises(ValueError):
         RerankConfig(step=30, window=20)
     assert isinstance(build_reranker(RerankConfig(method="permutation"), ScriptedLLM()),

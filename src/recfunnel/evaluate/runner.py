@@ -111,7 +111,8 @@ def stage_metrics(result: FunnelResult, split: Split, n_items: int) -> dict[str,
         names = [f"recall@{c}" for c in STAGE_CUTOFFS if c <= batch.depth]
         vals = evaluate(batch.items, split.test.truth, names, n_items).means if names else {}
         out[name] = {**vals, "fallback_rate": batch.fallback_rate, "depth": float(batch.depth)}
-        out[name].update({k: float(v) for k, v in result.stats.get(name, {}).items()})
+        stats = result.stats.get(name, {})
+        out[name].update({k: float(v) for k, v in stats.items() if np.ndim(v) == 0})
     return out
 
 

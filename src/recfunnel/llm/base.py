@@ -58,6 +58,9 @@ class LLMConfig(BaseModel):
         "pass by numerical noise, so answers depend on call order: off by default)",
     )
     temperature: float = Field(0.0, ge=0)
+    repeat_penalty: float = Field(
+        1.0, ge=1.0, description="local back-ends: penalise repeated tokens when generating"
+    )
     seed: int = 0
     cache: bool = Field(True, description="persist answers in the SQLite cache")
 
@@ -212,8 +215,13 @@ class LLM(abc.ABC):
     ) -> list[Completion]:
         """Answers for many prompts; cached ones are free, the rest go to the back-end at once."""
         temp = self.config.temperature if temperature is None else temperature
-        params = {"max_tokens": max_tokens, "temperature": temp, "stop": list(stop),
-                  "seed": self.config.seed}  # fmt: skip
+        params = {
+            "max_tokens": max_tokens,
+            "temperature": temp,
+            "stop": list(stop),
+            "seed": self.config.seed,
+            "repeat_penalty": self.config.repeat_penalty,
+        }
         keys = [self._key("complete", m, params) for m in batch]
         out: list[Completion | None] = [self._cached_completion(k) for k in keys]
         todo = [i for i, c in enumerate(out) if c is None]

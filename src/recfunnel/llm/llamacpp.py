@@ -123,6 +123,7 @@ class LlamaCppLLM(LLM):
                 top_k=1 if temperature == 0 else 40,
                 stop=list(stop) or None,
                 seed=self.config.seed,
+                repeat_penalty=self.config.repeat_penalty,
             )
         usage = out["usage"]
         return out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"]

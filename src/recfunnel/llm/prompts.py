@@ -136,3 +136,15 @@ def pointwise_prompt(
     )
     system = f"You are a {style.noun} recommender. You answer Yes or No."
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def enrich_prompt(catalog: Catalog, item: int, style: PromptStyle) -> list[Message]:
+    """Ask for a short description an embedder can use: genre, tone, themes, audience."""
+    about = str(catalog.frame.iloc[int(item)]["text"])
+    user = (
+        f"{style.noun.capitalize()}: {about}\n\n"
+        f"Describe this {style.noun} in two short sentences: its genre, tone, main themes "
+        f"and who would enjoy it."
+    )
+    system = f"You write short, factual {style.noun} descriptions."
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]

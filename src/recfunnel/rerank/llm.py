@@ -55,7 +55,9 @@ class RerankConfig(BaseModel):
     show_prev_rank: bool = Field(False, description="Print each candidate's ranker rank.")
     history_items: int = Field(20, ge=0, description="Most recent history items shown.")
     title_chars: int = Field(60, ge=8)
-    window: int = Field(20, ge=2, description="permutation: sliding window size")
+    window: int = Field(
+        20, ge=2, description="candidates per prompt (verbalizer chunks; permutation window)"
+    )
     step: int = Field(10, ge=1, description="permutation: window step")
     batch_size: int = Field(16, ge=1, description="prompts sent to the LLM at once")
     noun: str = Field("item", description="what the prompt calls an item (movie, artist…)")
@@ -64,8 +66,10 @@ class RerankConfig(BaseModel):
 
     @model_validator(mode="after")
     def _limits(self) -> RerankConfig:
-        if self.method == "verbalizer" and self.top_n > len(LABELS):
-            raise ValueError(f"verbalizer labels at most {len(LABELS)} candidates (top_n)")
+        if self.method == "verbalizer" and self.window > len(LABELS):
+            raise ValueError(
+                f"verbalizer labels at most {len(LABELS)} candidates per prompt (window)"
+            )
         if self.step > self.window:
             raise ValueError("step must not exceed window")
         return self
@@ -85,6 +89,7 @@ class Scored:
     scores: np.ndarray  # aligned with Job.items, higher = better
     outputs: int  # LLM outputs behind these scores (for the invalid rate)
     invalid: int = 0  # how many of those outputs were invalid
+    seconds: float = 0.0  # LLM time spent on this list (0 when served from the cache)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -159,6 +164,9 @@ class LLMReranker(Reranker):
         invalid_rows = np.zeros(n_rows, dtype=bool)
         outputs = invalid_outputs = 0
         agreements: list[float] = []
+        row_seconds = np.zeros(n_rows)
+        for job, sc in zip(jobs, scored, strict=True):
+            row_seconds[job.row] += sc.seconds if sc is not None else 0.0
         by_row: dict[int, list[tuple[Job, Scored | None]]] = {}
         for job, sc in zip(jobs, scored, strict=True):
             by_row.setdefault(job.row, []).append((job, sc))
@@ -206,6 +214,7 @@ class LLMReranker(Reranker):
         self._stats = self._summarise(
             used, n_rows, fallback, invalid_rows, outputs, invalid_outputs, agreements
         )
+        self._stats["row_seconds"] = row_seconds
         return CandidateBatch(
             items,
             scores,
@@ -246,28 +255,45 @@ class LLMReranker(Reranker):
 
 
 class VerbalizerReranker(LLMReranker):
-    """One forward pass per list; each candidate's score is its label's log-probability."""
+    """One forward pass per list; each candidate's score is its label's log-probability.
+
+    Lists longer than ``window`` are scored in consecutive prompts of ``window`` candidates;
+    each prompt's label log-probs are then renormalised over its own labels, so scores
+    from different prompts are on the same footing.
+    """
 
     kind = "verbalizer"
 
     def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
-        cat = self.catalog_
-        prompts = []
+        cat, w = self.catalog_, self.config.window
+        prompts, spans = [], []
         for job in jobs:
-            msgs, _ = verbalizer_prompt(
-                cat, requests[job.row].history, job.items.tolist(), self.style,
-                job.prev_ranks.tolist(),
-            )  # fmt: skip
-            prompts.append(msgs)
+            n = len(job.items)
+            chunks = [(lo, min(lo + w, n)) for lo in range(0, n, w)] or [(0, 0)]
+            spans.append(chunks)
+            for lo, hi in chunks:
+                msgs, _ = verbalizer_prompt(
+                    cat, requests[job.row].history, job.items[lo:hi].tolist(), self.style,
+                    job.prev_ranks[lo:hi].tolist(),
+                )  # fmt: skip
+                prompts.append(msgs)
         if not prompts:
             return []
-        # lists may differ in length (short pools): score the longest label set, then cut
-        n_max = max(len(j.items) for j in jobs)
-        answers = self.llm.option_logprobs_many(prompts, LABELS[:n_max])
-        return [
-            Scored(a.logprobs[: len(j.items)], 1, int(a.missing > 0))
-            for j, a in zip(jobs, answers, strict=True)
-        ]
+        n_max = max(hi - lo for chunks in spans for lo, hi in chunks)
+        answers = iter(self.llm.option_logprobs_many(prompts, LABELS[: max(n_max, 1)]))
+        out = []
+        for chunks in spans:
+            parts, missing, seconds = [], 0, 0.0
+            for lo, hi in chunks:
+                a = next(answers)
+                lp = a.logprobs[: hi - lo]
+                if len(chunks) > 1:
+                    lp = lp - np.logaddexp.reduce(lp)
+                parts.append(lp)
+                missing += int(a.missing > 0)
+                seconds += a.latency_s
+            out.append(Scored(np.concatenate(parts), len(chunks), missing, seconds))
+        return out
 
 
 class PointwiseReranker(LLMReranker):
@@ -289,10 +315,11 @@ class PointwiseReranker(LLMReranker):
         out, k = [], 0
         for j in jobs:
             lp = np.array([answers[k + i].logprobs for i in range(len(j.items))])
-            missing = sum(answers[k + i].missing > 0 for i in range(len(j.items)))
+            mine = answers[k : k + len(j.items)]
+            missing = sum(a.missing > 0 for a in mine)
             k += len(j.items)
             p_yes = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
-            out.append(Scored(p_yes, len(j.items), missing))
+            out.append(Scored(p_yes, len(j.items), missing, sum(a.latency_s for a in mine)))
         return out
 
 
@@ -317,6 +344,7 @@ class PermutationReranker(LLMReranker):
         current = [list(range(len(j.items))) for j in jobs]  # presented positions, in order
         invalid = [0] * len(jobs)
         outputs = [0] * len(jobs)
+        seconds = [0.0] * len(jobs)
         plans = [self.windows(len(j.items)) for j in jobs]
         for t in range(max((len(p) for p in plans), default=0)):
             active = [i for i, p in enumerate(plans) if t < len(p)]
@@ -340,11 +368,12 @@ class PermutationReranker(LLMReranker):
                 current[i][lo:hi] = [window[j] for j in parsed.order]
                 invalid[i] += int(parsed.invalid)
                 outputs[i] += 1
+                seconds[i] += ans.latency_s
         out = []
         for i, j in enumerate(jobs):
             scores = np.empty(len(j.items))
             scores[current[i]] = -np.arange(len(j.items), dtype=np.float64)
-            out.append(Scored(scores, outputs[i], invalid[i]))
+            out.append(Scored(scores, outputs[i], invalid[i], seconds[i]))
         return out
 
 

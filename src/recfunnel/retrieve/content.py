@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from recfunnel.cache import cache_root, model_fingerprint
+from recfunnel.enrich import ENRICHED, EnrichConfig, enrich_catalog
 from recfunnel.errors import ConfigError, MissingDependency
 from recfunnel.retrieve.base import Retriever, keep_top
 from recfunnel.retrieve.popularity import PopularityRetriever
@@ -67,6 +68,9 @@ class ContentConfig(BaseModel):
     )
     batch_size: int = Field(64, ge=1, description="texts per encoder batch")
     text_field: str = Field("text", description="catalog column to embed")
+    enrich: EnrichConfig | None = Field(
+        None, description="LLM-written descriptions appended to item text before embedding"
+    )
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -251,6 +255,9 @@ class ContentRetriever(Retriever):
         import faiss
 
         c = self.config
+        if c.enrich is not None:
+            catalog = enrich_catalog(catalog, train, c.enrich)
+            c = c.model_copy(update={"text_field": ENRICHED})
         if c.text_field not in catalog.frame.columns:
             raise ConfigError(
                 f"text_field {c.text_field!r} is not a catalog column "
