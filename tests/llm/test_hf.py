@@ -212,6 +212,7 @@ def test_missing_model_and_adapter_raise_config_error(
         _warm(cold, monkeypatch, adapter=str(tmp_path / "no-such-adapter"))
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_lora_adapter_is_applied(
     cold: ColdLoad, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
