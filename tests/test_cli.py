@@ -45,7 +45,9 @@ def test_eval_json_to_stdout_and_leave_last_out():
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["protocol"] == "leave-last-out"
-    assert set(doc["results"][0]["metrics"]) == {"hr@10", "ndcg@10"}
+    metrics = set(doc["results"][0]["metrics"])
+    assert {"hr@10", "ndcg@10", "latency_ms_per_user", "llm_calls_per_user"} <= metrics
+    assert not {"recall@200", "gini@10"} & metrics  # only the metrics asked for
 
 
 def test_eval_with_config_file(tmp_path):
