@@ -298,6 +298,25 @@ class LLM(abc.ABC):
             self.usage.seconds += seconds
 
 
+class TemplatedLLM(LLM):
+    """A local model that renders prompts with its own chat template (llama.cpp, HF).
+
+    Subclasses set ``_id`` (a fingerprint of the weights), ``_template``, ``_bos``, ``_eos``.
+    """
+
+    _id: str = ""
+    _template: str | None = None
+    _bos: str = ""
+    _eos: str = ""
+
+    @property
+    def model_id(self) -> str:
+        return self._id
+
+    def render(self, messages: Sequence[Message]) -> str:
+        return render_chat(messages, self._template, self._bos, self._eos)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     m = logits.max()

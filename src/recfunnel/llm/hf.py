@@ -22,7 +22,7 @@ import numpy as np
 
 from recfunnel.cache import cache_root, model_fingerprint
 from recfunnel.errors import ConfigError, MissingDependency
-from recfunnel.llm.base import LLM, LLMConfig, Message, render_chat
+from recfunnel.llm.base import LLMConfig, Message, TemplatedLLM
 from recfunnel.llm.cache import AnswerCache
 from recfunnel.llm.models import ALIASES, resolve_gguf
 
@@ -56,7 +56,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-class HFLLM(LLM):
+class HFLLM(TemplatedLLM):
     """A causal LM run by transformers on CPU, in fp32."""
 
     backend = "hf"
@@ -186,13 +186,6 @@ class HFLLM(LLM):
         return merged, model_fingerprint(folder)
 
     # ---- identity, rendering, tokens -------------------------------------------------
-    @property
-    def model_id(self) -> str:
-        return self._id
-
-    def render(self, messages: Sequence[Message]) -> str:
-        return render_chat(messages, self._template, self._bos, self._eos)
-
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: the template already holds its special tokens, so
         none are added, except a BOS the model wants and the text lacks (as llama.cpp does)."""

@@ -18,14 +18,14 @@ import numpy as np
 
 from recfunnel.cache import model_fingerprint
 from recfunnel.errors import MissingDependency
-from recfunnel.llm.base import LLM, LLMConfig, Message, log_softmax, render_chat
+from recfunnel.llm.base import LLMConfig, Message, TemplatedLLM, log_softmax
 from recfunnel.llm.cache import AnswerCache
 from recfunnel.llm.models import resolve_gguf
 
 log = logging.getLogger(__name__)
 
 
-class LlamaCppLLM(LLM):
+class LlamaCppLLM(TemplatedLLM):
     backend = "llamacpp"
 
     def __init__(self, config: LLMConfig, cache: AnswerCache | None = None) -> None:
@@ -54,13 +54,6 @@ class LlamaCppLLM(LLM):
         self._bos = vocab.token_get_text(vocab.token_bos()) if vocab.token_bos() >= 0 else ""
         self._eos = vocab.token_get_text(vocab.token_eos()) if vocab.token_eos() >= 0 else ""
         self._id = f"llamacpp:{model_fingerprint(self.path)}"
-
-    @property
-    def model_id(self) -> str:
-        return self._id
-
-    def render(self, messages: Sequence[Message]) -> str:
-        return render_chat(messages, self._template, self._bos, self._eos)
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt; special tokens in the template are parsed as such."""
