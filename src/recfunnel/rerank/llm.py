@@ -160,6 +160,8 @@ class LLMReranker(Reranker):
         items = head.items.copy()
         scores = np.full((n_rows, depth), -np.inf)
         llm_score = np.full((n_rows, depth), np.nan)
+        # where each output item sat in the input (rows the LLM did not reorder: in place)
+        input_pos = np.where(head.items != PAD, np.arange(depth)[None, :], -1)
         fallback = np.zeros(n_rows, dtype=bool)
         invalid_rows = np.zeros(n_rows, dtype=bool)
         outputs = invalid_outputs = 0
@@ -204,12 +206,9 @@ class LLMReranker(Reranker):
             items[r, :n] = head.items[r, :n][order]
             scores[r, :n] = final[order]
             llm_score[r, :n] = raw[order]
+            input_pos[r, :n] = order
         # fallback rows keep the input order and score
         scores[fallback] = head.scores[fallback]
-        input_pos = np.where(items != PAD, 0, -1)
-        for r in range(n_rows):  # each output item's position in the input
-            pos = {int(it): j for j, it in enumerate(head.items[r])}
-            input_pos[r] = [pos.get(int(it), -1) for it in items[r]]
         used = self.llm.usage.since(usage_before)
         self._stats = self._summarise(
             used, n_rows, fallback, invalid_rows, outputs, invalid_outputs, agreements
