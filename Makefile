@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint clean
+.PHONY: setup run diagnose test lint clean
 
 $(BIN)/recfunnel: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ setup: $(BIN)/recfunnel
 
 run: setup
 	$(BIN)/recfunnel eval --config configs/cold-start.toml --json out/cold-start.json
+
+diagnose: setup
+	$(BIN)/recfunnel diagnose --config configs/diagnose-cold-start.toml --out report/
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -121,3 +121,17 @@ def test_eval_any_csv_with_catalog(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert len(doc["results"]) == 2 and doc["results"][0]["n_users"] == 10
+
+
+def test_goal_option_needs_a_goal_stage_and_reaches_it():
+    from recfunnel.cli import _llm_overrides
+    from recfunnel.config import parse_config
+
+    res = runner.invoke(app, ["eval", "--pipelines", "mf,hybrid+llm-verbalizer", "--goal",
+                              "accuracy+fairness", "--quiet"])  # fmt: skip
+    assert res.exit_code == 2 and "--goal: no LLM stage" in res.output
+    cfg = parse_config({"pipelines": ["mf+llm-goal", "hybrid+llm-verbalizer"]})
+    got = _llm_overrides(cfg, goal="accuracy+fairness", top_n=8, blend=0.5)
+    goal_stage, verbalizer = got.pipelines[0].rerank, got.pipelines[1].rerank
+    assert goal_stage.goal == "accuracy+fairness" and goal_stage.top_n == 8
+    assert verbalizer.blend == 0.5 and verbalizer.top_n == 8

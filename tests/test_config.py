@@ -6,6 +6,7 @@ import pytest
 
 from recfunnel.config import (
     BUILTIN_PIPELINES,
+    DiagnoseConfig,
     ExperimentConfig,
     builtin_pipeline,
     load_config,
@@ -18,7 +19,8 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
-    cfg = load_config(path)
+    cls = DiagnoseConfig if "[diagnose]" in path.read_text() else ExperimentConfig
+    cfg = load_config(path, cls)
     assert cfg.pipelines and cfg.seeds
 
 

@@ -56,6 +56,7 @@ def _experiment_config(
     metrics: str | None,
     data_dir: Path | None,
     items: Path | None = None,
+    cls: Any = None,
 ) -> Any:
     """The TOML config (if any) with command-line options laid over it."""
     import tomllib
@@ -93,25 +94,44 @@ def _experiment_config(
         defined = {p["name"]: p for p in raw.get("pipelines", []) if isinstance(p, dict)}
         raw["pipelines"] = [defined.get(name, name) for name in chosen]
     raw.setdefault("pipelines", ["popularity", "cf", "content", "hybrid"])
-    return parse_config(raw, source)
+    if cls is None:
+        return parse_config(raw, source)
+    return parse_config(raw, source, cls)
 
 
 def _llm_overrides(cfg: Any, **overrides: Any) -> Any:
     """Lay command-line LLM options over every rerank stage of the chosen pipelines."""
-    from recfunnel.config import ExperimentConfig
-
     llm_keys = {"backend", "model", "base_url"}
     llm_set = {k: v for k, v in overrides.items() if k in llm_keys and v is not None}
     stage_set = {k: v for k, v in overrides.items() if k not in llm_keys and v is not None}
     if not llm_set and not stage_set:
         return cfg
     data = cfg.model_dump()
+
+    from recfunnel.rerank.goal import GoalConfig
+    from recfunnel.rerank.llm import RerankConfig
+
+    used: set[str] = set()
+
+    def lay_over(pipe: dict[str, Any]) -> None:
+        if pipe.get("route"):
+            for side in ("cold", "warm"):
+                lay_over(pipe["route"][side])
+        elif pipe.get("rerank") and "llm" in pipe["rerank"]:  # LLM stages only
+            stage = pipe["rerank"]
+            fields = (GoalConfig if stage.get("method") == "goal" else RerankConfig).model_fields
+            mine = {k: v for k, v in stage_set.items() if k in fields}
+            stage.update(mine)
+            stage["llm"].update(llm_set)
+            used.update(mine)
+
     for pipe in data["pipelines"]:
-        if pipe.get("rerank"):
-            pipe["rerank"].update(stage_set)
-            pipe["rerank"]["llm"].update(llm_set)
+        lay_over(pipe)
+    if unused := sorted(set(stage_set) - used):
+        opts = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise RecfunnelError(f"{opts}: no LLM stage of the chosen pipelines takes it")
     try:
-        return ExperimentConfig.model_validate(data)
+        return type(cfg).model_validate(data)
     except Exception as exc:  # pydantic's message names the field
         raise RecfunnelError(f"bad LLM option: {exc}") from None
 
@@ -128,6 +148,24 @@ def _table(result: Any, metrics: list[str]) -> Table:
             cells.append(f"{mean:.0f}±{std:.0f}" if mean >= 100 else f"{mean:.3f}±{std:.3f}")
         table.add_row(name, *cells)
     return table
+
+
+def _bucket_table(table: dict[str, Any], metric: str = "ndcg@10") -> Table:
+    buckets = table["buckets"]
+    names = list(buckets)
+    cols = list(next(iter(buckets.values())))
+    t = Table(title=f"{metric} by history length (winner in bold)")
+    t.add_column("pipeline", style="bold")
+    for b in cols:
+        t.add_column(f"{b} (n={int(buckets[names[0]][b]['n'])})", justify="right")
+    for name in names:
+        cells = []
+        for b in cols:
+            v = buckets[name][b][metric]
+            win = table["winner"].get(metric, {}).get(b) == name
+            cells.append("–" if v != v else (f"[bold]{v:.3f}[/]" if win else f"{v:.3f}"))
+        t.add_row(name, *cells)
+    return t
 
 
 @app.command("eval")
@@ -168,8 +206,21 @@ def eval_cmd(
     show_prev_rank: Annotated[
         bool | None, typer.Option(help="Show each candidate's ranker rank in the prompt.")
     ] = None,
+    goal: Annotated[
+        str | None,
+        typer.Option(
+            help="Goal-driven stages: accuracy, accuracy+diversity, accuracy+fairness, or a "
+            "sentence."
+        ),
+    ] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write results JSON to this path ('-': stdout).")
+    ] = None,
+    by_history: Annotated[
+        bool, typer.Option(help="Also print metrics by history-length bucket and the winners.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of NDCG@10 by history-length bucket.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
 ) -> None:
@@ -182,7 +233,7 @@ def eval_cmd(
         )
         cfg = _llm_overrides(
             cfg, backend=backend, model=model, base_url=base_url, top_n=top_n,
-            shuffles=shuffles, blend=blend, show_prev_rank=show_prev_rank,
+            shuffles=shuffles, blend=blend, show_prev_rank=show_prev_rank, goal=goal,
         )  # fmt: skip
         data = load_experiment_data(cfg)
         total = len(cfg.seeds) * len(cfg.pipelines)
@@ -205,6 +256,13 @@ def eval_cmd(
     if not quiet:  # the table is the result: stdout, unless stdout carries the JSON
         out = Console(stderr=json_out == "-", width=None if sys.stdout.isatty() else 220)
         out.print(_table(result, cfg.metrics))
+        if by_history:
+            out.print(_bucket_table(result.by_history()))
+    if plot is not None:
+        from recfunnel.evaluate.report import plot_buckets
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_bytes(plot_buckets(result.by_history()))
     if json_out:
         payload = json.dumps(result.to_json(), indent=2)
         if json_out == "-":
@@ -214,6 +272,82 @@ def eval_cmd(
             Path(json_out).write_text(payload)
             if not quiet:
                 console.print(f"wrote {json_out}")
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    config: Annotated[
+        Path, typer.Option(help="Diagnosis TOML (see configs/diagnose-cold-start.toml).")
+    ] = Path("configs/diagnose-cold-start.toml"),
+    out: Annotated[Path, typer.Option(help="Report folder (index.html, diagnosis.json).")] = Path(
+        "report"
+    ),
+    dataset: Annotated[str | None, typer.Option(help="Dataset name or interactions file.")] = None,
+    items: Annotated[Path | None, typer.Option(help="Item catalog, with --dataset FILE.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (0..N-1).")] = None,
+    users: Annotated[int | None, typer.Option(help="Test users per seed.")] = None,
+    data_dir: DataDir = None,
+    backend: Annotated[str | None, typer.Option(help="LLM back-end: llamacpp, hf, openai.")] = None,
+    model: Annotated[str | None, typer.Option(help="LLM model name or path.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="openai back-end: server URL.")] = None,
+    render_only: Annotated[
+        bool, typer.Option(help="Redraw index.html from OUT/diagnosis.json; run nothing.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Diagnose every stage (coverage, exposure, discrimination, position bias, validity,
+    cost), test each pipeline against the baseline, sweep the pool size; write a report."""
+    from recfunnel.config import DiagnoseConfig
+
+    json_path = out / "diagnosis.json"
+    try:
+        if render_only:
+            if not json_path.is_file():
+                raise RecfunnelError(f"--render-only: {json_path} does not exist")
+            diagnosis = json.loads(json_path.read_text())
+        else:
+            diagnosis = _run_diagnosis(
+                _llm_overrides(
+                    _experiment_config(
+                        config, dataset, None, None, seeds, users, None, None, data_dir, items,
+                        DiagnoseConfig,
+                    ),
+                    backend=backend, model=model, base_url=base_url,
+                ),
+                quiet,
+            )  # fmt: skip
+            out.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(diagnosis, indent=1))
+        from recfunnel.evaluate.report import write_report  # matplotlib: loaded only here
+
+        index = write_report(diagnosis, out)
+    except RecfunnelError as exc:
+        raise _fail(exc) from None
+    if not quiet:
+        console.print(f"wrote {index} and {json_path}")
+
+
+def _run_diagnosis(cfg: Any, quiet: bool) -> dict[str, Any]:
+    from recfunnel.evaluate.diagnose import run_diagnosis
+    from recfunnel.evaluate.runner import load_experiment_data
+
+    data = load_experiment_data(cfg)
+    sweep = cfg.diagnose.sweep
+    total = len(cfg.seeds) * len(cfg.pipelines) + (len(sweep.pool_sizes) if sweep else 0)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("diagnosing", total=total)
+        return run_diagnosis(
+            cfg,
+            dataset=data,
+            on_step=lambda label: progress.update(task, advance=1, description=label),
+        )
 
 
 @app.command("enrich")

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+import numpy as np
 from pydantic import BaseModel
 
 from recfunnel.config import PipelineConfig, RetrieverConfig
+from recfunnel.errors import ConfigError
+from recfunnel.evaluate.metrics import depth_needed, evaluate
 from recfunnel.llm.base import LLM, LLMConfig
+from recfunnel.rank.ltr import LTRRanker
+from recfunnel.rerank.aspects import AspectConfig, AspectReranker
 from recfunnel.rerank.base import Reranker, merge_head
-from recfunnel.rerank.llm import build_reranker
+from recfunnel.rerank.goal import GoalConfig, GoalReranker
+from recfunnel.rerank.llm import LLMReranker, RerankConfig, build_reranker
 from recfunnel.retrieve.base import Retriever
 from recfunnel.retrieve.cf import CFRetriever
 from recfunnel.retrieve.content import ContentRetriever
 from recfunnel.retrieve.fusion import fuse
 from recfunnel.retrieve.popularity import PopularityRetriever, RandomRetriever
-from recfunnel.types import CandidateBatch, Catalog, Interactions, Request
+from recfunnel.retrieve.sasrec import SASRecRetriever
+from recfunnel.types import PAD, CandidateBatch, Catalog, EvalSet, Interactions, Request
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ RETRIEVERS: dict[str, type[Retriever]] = {
     "random": RandomRetriever,
     "cf": CFRetriever,
     "content": ContentRetriever,
+    "sasrec": SASRecRetriever,
 }
 
 
@@ -67,6 +75,8 @@ class FunnelResult:
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-stage figures beyond the candidates (LLM calls, tokens, invalid outputs)."""
+    rerank_input: CandidateBatch | None = None
+    """The full list the reranker's head was cut from (its tail follows the reranked head)."""
 
 
 class Funnel:
@@ -84,6 +94,9 @@ class Funnel:
         self._shared = fitted if fitted is not None else {}
         self.retrievers_: list[tuple[str, Retriever]] = []
         self.reranker_: Reranker | None = None
+        self.calibration_: dict[str, Any] | None = None
+        self.ranker_: LTRRanker | None = None
+        self.ranker_info_: dict[str, Any] | None = None
 
     def fit(self, train: Interactions, catalog: Catalog) -> Self:
         self.catalog_ = catalog
@@ -101,7 +114,21 @@ class Funnel:
             if any(n == name for n, _ in self.retrievers_):
                 name = f"{name}#{i + 1}"
             self.retrievers_.append((name, retriever))
-        if self.config.rerank is not None:
+        if self.config.rank is not None:
+            content = next(
+                (r for _, r in self.retrievers_ if isinstance(r, ContentRetriever)), None
+            )
+            self.ranker_ = LTRRanker(with_seed(self.config.rank, self.seed))  # type: ignore[arg-type]
+            self.ranker_.prepare(train, catalog, content)
+        if isinstance(self.config.rerank, AspectConfig):
+            self.reranker_ = AspectReranker(self.config.rerank).fit(train, catalog)
+        elif isinstance(self.config.rerank, GoalConfig):
+            goal = self.config.rerank.model_copy(update={"seed": self.seed})
+            if goal.noun == "item":
+                goal = goal.model_copy(update={"noun": catalog.noun})
+            llm = shared_llm(goal.llm, self._shared)
+            self.reranker_ = GoalReranker(goal, llm).fit(train, catalog)
+        elif self.config.rerank is not None:
             rerank = self.config.rerank.model_copy(update={"seed": self.seed})
             if rerank.noun == "item":
                 rerank = rerank.model_copy(update={"noun": catalog.noun})
@@ -109,11 +136,81 @@ class Funnel:
             self.reranker_.fit(train, catalog)
         return self
 
-    def run(self, requests: Sequence[Request], k: int) -> FunnelResult:
-        """Rank ``k`` items for every request, keeping each stage's output."""
+    def run(
+        self,
+        requests: Sequence[Request],
+        k: int,
+        shuffle_head: int | None = None,
+        rerank_rows: Callable[[Sequence[Request], CandidateBatch], np.ndarray] | None = None,
+    ) -> FunnelResult:
+        """Rank ``k`` items for every request, keeping each stage's output.
+
+        ``shuffle_head`` (a seed) shuffles each reranker input before reranking: a
+        position-bias probe, since a reranker that reads its candidates should not care.
+        ``rerank_rows`` maps the requests and the reranker's input to a mask of the rows to
+        rerank; the others keep their order (see ``ExperimentConfig.rerank_users``).
+        """
         if not self.retrievers_:
             raise RuntimeError("call fit() before run()")
         depth = max(k, self.config.pool_size)
+        trace, timings, final = self._retrieve(requests, depth)
+        if self.ranker_ is not None:
+            if not hasattr(self.ranker_, "model_"):
+                raise RuntimeError("the ranker is not trained: call fit_ranker(valid) first")
+            pools = {n: trace[n] for n, _ in self.retrievers_}
+            t0 = time.perf_counter()
+            ranked = self.ranker_.rank(requests, self._head(final), pools)
+            timings[ranked.stage] = time.perf_counter() - t0
+            trace[ranked.stage] = ranked
+            final = merge_head(ranked, final)
+        stats: dict[str, dict[str, Any]] = {}
+        rerank_input = None
+        if self.reranker_ is not None and self.config.rerank is not None:
+            if shuffle_head is not None:
+                final = shuffled_head(final, self.config.rerank.top_n, shuffle_head)
+            rerank_input = final
+            top = self.config.rerank.top_n
+            head = CandidateBatch(final.items[:, :top], final.scores[:, :top], final.stage)
+            t0 = time.perf_counter()
+            if rerank_rows is None:
+                reranked = self.reranker_.rerank(requests, head)
+            else:
+                reranked = self._rerank_some(requests, head, rerank_rows(requests, head))
+            timings[reranked.stage] = time.perf_counter() - t0
+            trace[reranked.stage] = reranked
+            stats[reranked.stage] = self.reranker_.stats()
+            final = merge_head(reranked, final)
+        if final.depth > k:
+            final = CandidateBatch(
+                final.items[:, :k], final.scores[:, :k], final.stage, final.fallback
+            )
+        return FunnelResult(final, trace, timings, stats, rerank_input)
+
+    def _rerank_some(
+        self, requests: Sequence[Request], head: CandidateBatch, rows: np.ndarray
+    ) -> CandidateBatch:
+        """Rerank only ``rows``; the others pass through in input order (no LLM score)."""
+        assert self.reranker_ is not None
+        pick = np.flatnonzero(rows)
+        sub = CandidateBatch(head.items[pick], head.scores[pick], head.stage)
+        done = self.reranker_.rerank([requests[int(i)] for i in pick], sub)
+        items, scores = head.items.copy(), head.scores.copy()
+        items[pick], scores[pick] = done.items, done.scores
+        fallback = np.zeros(len(head), dtype=bool)
+        if done.fallback is not None:
+            fallback[pick] = done.fallback
+        pos = np.where(head.items != PAD, np.arange(head.depth)[None, :], -1)
+        extras: dict[str, np.ndarray] = {"input_pos": pos}
+        if "llm_score" in done.extras:
+            extras["llm_score"] = np.full(head.items.shape, np.nan)
+        for key, value in done.extras.items():
+            extras[key][pick] = value
+        return CandidateBatch(items, scores, done.stage, fallback, extras)
+
+    def _retrieve(
+        self, requests: Sequence[Request], depth: int
+    ) -> tuple[dict[str, CandidateBatch], dict[str, float], CandidateBatch]:
+        """Every pool, fused when several: (trace, timings, the fused or only pool)."""
         trace: dict[str, CandidateBatch] = {}
         timings: dict[str, float] = {}
         for name, retriever in self.retrievers_:
@@ -126,21 +223,69 @@ class Funnel:
             fused = fuse(pools, self.config.fusion, depth, self.catalog_.n_items)
             timings[fused.stage] = time.perf_counter() - t0
             trace[fused.stage] = fused
-            final = fused
-        else:
-            final = pools[0]
-        stats: dict[str, dict[str, Any]] = {}
-        if self.reranker_ is not None and self.config.rerank is not None:
-            top = self.config.rerank.top_n
-            head = CandidateBatch(final.items[:, :top], final.scores[:, :top], final.stage)
-            t0 = time.perf_counter()
-            reranked = self.reranker_.rerank(requests, head)
-            timings[reranked.stage] = time.perf_counter() - t0
-            trace[reranked.stage] = reranked
-            stats[reranked.stage] = self.reranker_.stats()
-            final = merge_head(reranked, final)
-        if final.depth > k:
-            final = CandidateBatch(
-                final.items[:, :k], final.scores[:, :k], final.stage, final.fallback
-            )
-        return FunnelResult(final=final, trace=trace, timings=timings, stats=stats)
+            return trace, timings, fused
+        return trace, timings, pools[0]
+
+    def _head(self, batch: CandidateBatch) -> CandidateBatch:
+        top = self.config.rank.top_n if self.config.rank else batch.depth
+        return CandidateBatch(
+            batch.items[:, :top], batch.scores[:, :top], batch.stage, batch.fallback
+        )
+
+    def fit_ranker(self, valid: EvalSet, forbidden: EvalSet | None = None) -> dict[str, Any]:
+        """Train the learned ranker on validation requests (pools from the fitted
+        retrievers, labels from validation truth); ``forbidden``: the test set, whose
+        targets must never be a label."""
+        if self.ranker_ is None:
+            raise ConfigError(f"pipeline {self.config.name!r} has no rank stage")
+        if len(valid) == 0:
+            raise ConfigError("the ranker needs validation users (set protocol.n_valid)")
+        trace, _, fused = self._retrieve(valid.requests, self.config.pool_size)
+        pools = {n: trace[n] for n, _ in self.retrievers_}
+        self.ranker_.fit(valid, self._head(fused), pools, forbidden)
+        self.ranker_info_ = self.ranker_.info()
+        return self.ranker_info_
+
+    def calibrate(self, valid: EvalSet) -> dict[str, Any]:
+        """Fit the reranker's blend weight on validation users (never test users).
+
+        One LLM pass over ``valid``; every weight of the grid then reorders those same
+        answers, and the best by the calibration metric becomes the reranker's ``blend``.
+        """
+        rc = self.config.rerank
+        if not isinstance(self.reranker_, LLMReranker) or not isinstance(rc, RerankConfig) \
+                or rc.calibration is None:  # fmt: skip
+            raise ConfigError(f"pipeline {self.config.name!r} has no rerank.calibration")
+        cal = rc.calibration
+        if len(valid) == 0:
+            raise ConfigError("calibration needs validation users (set protocol.n_valid)")
+        metric = cal.metric
+        res = self.run(valid.requests, depth_needed([metric]))
+        stage = res.trace[self.reranker_.stage]
+        before = res.rerank_input
+        assert before is not None
+        scores: dict[float, float] = {}
+        for w in cal.grid:
+            head = self.reranker_.reorder(stage, w)
+            final = merge_head(head, before)
+            got = evaluate(final.items, valid.truth, [metric], self.catalog_.n_items)
+            scores[w] = got.means[metric]
+        best = max(cal.grid, key=lambda w: scores[w])  # first of equals: least prior
+        self.reranker_.config = self.reranker_.config.model_copy(update={"blend": best})
+        self.calibration_ = {"blend": best, "metric": metric, "n_users": len(valid),
+                             "grid": {str(w): v for w, v in scores.items()}}  # fmt: skip
+        log.info("%s: calibrated blend %.2f (%s %.4f)", self.config.name, best, metric,
+                 scores[best])  # fmt: skip
+        return self.calibration_
+
+
+def shuffled_head(batch: CandidateBatch, top: int, seed: int) -> CandidateBatch:
+    """The batch with each row's first ``top`` items in a seeded random order."""
+    items, scores = batch.items.copy(), batch.scores.copy()
+    rng = np.random.default_rng(seed)
+    for r in range(len(items)):
+        n = int((items[r, :top] != PAD).sum())
+        perm = rng.permutation(n)
+        items[r, :n] = items[r, :n][perm]
+        scores[r, :n] = scores[r, :n][perm]
+    return CandidateBatch(items, scores, batch.stage, batch.fallback, batch.extras)

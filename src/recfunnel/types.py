@@ -93,6 +93,22 @@ class Catalog:
         return self.frame["text"].tolist()
 
     @cached_property
+    def years(self) -> np.ndarray:
+        """Release year of each item as float (NaN when unknown)."""
+        return self.frame["year"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+    @cached_property
+    def genre_matrix(self) -> np.ndarray:
+        """[items, genres] 0/1 matrix (genres sorted by name; no genre: a zero row)."""
+        names = sorted({g for gs in self.frame["genres"] for g in gs})
+        index = {g: i for i, g in enumerate(names)}
+        out = np.zeros((self.n_items, max(len(names), 1)), dtype=np.float64)
+        for i, gs in enumerate(self.frame["genres"]):
+            for g in gs:
+                out[i, index[g]] = 1.0
+        return out
+
+    @cached_property
     def _index(self) -> dict[Any, int]:
         return {k: i for i, k in enumerate(self.frame["item_id"].tolist())}
 

@@ -100,3 +100,48 @@ def test_names_and_depth():
 def test_users_without_truth_are_rejected():
     with pytest.raises(ValueError, match="no relevant item"):
         evaluate(RANKED, [np.array([2]), np.array([], dtype=np.int64)], ["hr@2"], 10)
+
+
+# ---- beyond-accuracy metrics of LLM4Rerank's protocol, by hand ----------------------
+# items 0,1: genre A; 2: genre B; 3: genres A+B; 4: no genre
+G = np.array([[1, 0], [1, 0], [0, 1], [1, 1], [0, 0]], dtype=float)
+GROUP = np.array([0, 0, 1, 1, 0])
+
+
+def aspect(ranked, names):
+    ranked = np.array(ranked)
+    truth = [np.array([0])] * len(ranked)
+    return evaluate(ranked, truth, names, 5, item_genres=G, item_groups=GROUP)
+
+
+def test_alpha_ndcg_by_hand():
+    # list [0, 1, 2]: gains A=1 (pos 1), A again = 0.5 (pos 2), B = 1 (pos 3)
+    dcg = 1 / np.log2(2) + 0.5 / np.log2(3) + 1 / np.log2(4)
+    # greedy ideal of the same items: 0 (A), 2 (B), 1 (A again: 0.5)
+    ideal = 1 / np.log2(2) + 1 / np.log2(3) + 0.5 / np.log2(4)
+    got = aspect([[0, 1, 2]], ["alpha_ndcg@3"]).means["alpha_ndcg@3"]
+    assert got == pytest.approx(dcg / ideal)
+    assert aspect([[0, 2, 1]], ["alpha_ndcg@3"]).means["alpha_ndcg@3"] == pytest.approx(1.0)
+
+
+def test_ild_and_genre_coverage_by_hand():
+    # pairs of [0, 2, 3]: (0,2) distance 1, (0,3) 1 - 1/√2, (2,3) 1 - 1/√2
+    ild = (1 + 2 * (1 - 1 / np.sqrt(2))) / 3
+    r = aspect([[0, 2, 3], [0, 1, 4]], ["ild@3", "genre_coverage@3"])
+    assert r.per_user["ild@3"][0] == pytest.approx(ild)
+    assert r.per_user["ild@3"][1] == pytest.approx((0 + 1 + 1) / 3)  # item 4 has no genre
+    assert r.per_user["genre_coverage@3"].tolist() == [1.0, 0.5]
+
+
+def test_mad_by_hand():
+    # positions of a 4-list map to 1, 2/3, 1/3, 0; group 1 = items 2, 3
+    r = aspect([[2, 0, 3, 1], [0, 1, 4, 4]], ["mad@4"])
+    assert r.per_user["mad@4"][0] == pytest.approx(abs((1 + 1 / 3) / 2 - (2 / 3 + 0) / 2))
+    assert np.isnan(r.per_user["mad@4"][1])  # one group only: undefined, left out of the mean
+    assert r.means["mad@4"] == pytest.approx(r.per_user["mad@4"][0])
+    assert parse_metric("mad") == ("mad", 20)
+
+
+def test_diversity_metrics_need_item_features():
+    with pytest.raises(ConfigError, match="item genres"):
+        evaluate(np.array([[0, 1]]), [np.array([0])], ["ild@2"], 5)

@@ -107,3 +107,28 @@ def test_cli_reports_llm_costs(setup, shared_data, monkeypatch):
     m = json.loads(res.stdout)["results"][0]["metrics"]
     assert m["llm_calls_per_user"] == 1.0 and m["prompt_tokens_per_user"] > 100
     assert {"latency_ms_per_user", "completion_tokens_per_user", "invalid_rate"} <= set(m)
+
+
+def test_goal_graph_walks_on_the_real_model(setup):
+    """LLM4Rerank's walk with SmolLM2: every answer is parsed strictly, re-asked once when
+    invalid, every step is traced, and the output is a permutation of the head."""
+    data, split = setup
+    cfg = builtin_pipeline("mf+llm-goal")
+    cfg = cfg.model_copy(update={"rerank": cfg.rerank.model_copy(
+        update={"top_n": TOP_N, "goal": "accuracy+diversity", "max_visits": 3})})  # fmt: skip
+    f = Funnel(cfg, seed=0).fit(split.train, data.catalog)
+    res = f.run(split.test.requests, 20)
+    head, out = res.trace["retrieve:cf"].items[:, :TOP_N], res.trace["rerank:goal"].items
+    for a, b in zip(head, out, strict=True):
+        assert sorted(a.tolist()) == sorted(b.tolist())
+    s = res.stats["rerank:goal"]
+    traces = f.reranker_.traces_
+    assert len(traces) == len(split.test) and all(len(t) >= 1 for t in traces)
+    asked = sum(1 for t in traces for step in t if "answer" in step)
+    assert s["llm_calls"] == asked  # one call per traced answer (asks and re-asks)
+    invalid = sum(1 for t in traces for step in t if step.get("errors"))
+    assert s["invalid_rate"] == pytest.approx(invalid / asked)
+    # rows whose walk produced nothing valid keep the ranker's order, flagged
+    fb = res.trace["rerank:goal"].fallback
+    np.testing.assert_array_equal(out[fb], head[fb])
+    assert s["visits_per_user"] <= 3

@@ -50,3 +50,22 @@ def test_crash_mid_write_keeps_committed_answers(tmp_path):
     c = AnswerCache(path)
     assert c.get("before") == {"v": 1}
     assert c.get("k5") is None and len(c) == 1
+
+
+def test_sequential_backend_times_each_prompt_not_the_batch_mean():
+    """p95 latency needs per-prompt compute time: a slow prompt must not be averaged away."""
+    import time
+
+    import numpy as np
+
+    from scripted import ScriptedLLM
+
+    def slow_if_long(prompt, options):
+        time.sleep(0.25 if "slow" in prompt else 0.0)
+        return np.zeros(len(options))
+
+    llm = ScriptedLLM(logprobs=slow_if_long)
+    batch = [[{"role": "user", "content": w}] for w in ("fast", "slow", "fast")]
+    got = llm.option_logprobs_many(batch, ["A", "B"])
+    secs = [g.compute_s for g in got]
+    assert secs[1] >= 0.25 > 0.1 > max(secs[0], secs[2])

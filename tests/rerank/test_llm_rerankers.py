@@ -4,13 +4,12 @@ The scripted model only stands in for parsing and fallback logic; tests/integrat
 every reranker against the real bundled model.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from recfunnel.funnel import Funnel
-from recfunnel.llm.base import LLM, LLMConfig, LLMUnavailable, Message
 from recfunnel.llm.prompts import LABELS
 from recfunnel.rerank.base import merge_head
 from recfunnel.rerank.llm import (
@@ -20,7 +19,8 @@ from recfunnel.rerank.llm import (
     VerbalizerReranker,
     build_reranker,
 )
-from recfunnel.types import CandidateBatch, Catalog, Request
+from recfunnel.types import CandidateBatch, Catalog, Interactions, Request
+from scripted import ScriptedLLM
 
 N_ITEMS = 60
 CAT = Catalog.build(list(range(N_ITEMS)), [f"Film {i:02d}" for i in range(N_ITEMS)])
@@ -30,38 +30,6 @@ def titles_in(prompt: str) -> list[int]:
     """Item indices in the order the prompt lists candidates."""
     return [int(line.split("Film ")[1][:2]) for line in prompt.splitlines()
             if "Film " in line and not line.startswith("- ")]  # fmt: skip
-
-
-class ScriptedLLM(LLM):
-    """Answers from a function of the prompt text; counts calls; can be switched off."""
-
-    backend = "scripted"
-
-    def __init__(self, logprobs: Callable[[str, Sequence[str]], np.ndarray] | None = None,
-                 text: Callable[[str], str] | None = None) -> None:  # fmt: skip
-        super().__init__(LLMConfig(cache=False))
-        self.logprobs_fn = logprobs
-        self.text_fn = text
-        self.down = False
-        self.prompts: list[str] = []
-
-    @property
-    def model_id(self) -> str:
-        return "scripted"
-
-    def _complete(self, messages: Sequence[Message], max_tokens, temperature, stop):
-        if self.down:
-            raise LLMUnavailable("scripted outage")
-        p = self.render(messages)
-        self.prompts.append(p)
-        return self.text_fn(p), len(p) // 4, 10
-
-    def _option_logprobs(self, messages: Sequence[Message], options):
-        if self.down:
-            raise LLMUnavailable("scripted outage")
-        p = self.render(messages)
-        self.prompts.append(p)
-        return self.logprobs_fn(p, options), len(p) // 4, 0
 
 
 def prefers_high_ids(prompt: str, options: Sequence[str]) -> np.ndarray:
@@ -82,8 +50,13 @@ def head(rows: list[list[int]]) -> CandidateBatch:
     return CandidateBatch(items, scores, "fuse:rrf")
 
 
+# item i was seen i times in training: popularity prefers high ids
+TRAIN = Interactions.build(np.zeros(N_ITEMS * (N_ITEMS - 1) // 2, dtype=int),
+                           np.repeat(np.arange(N_ITEMS), np.arange(N_ITEMS)), N_ITEMS)  # fmt: skip
+
+
 def make(cls, llm, **cfg):
-    return cls(RerankConfig(**cfg), llm).fit(None, CAT)
+    return cls(RerankConfig(**cfg), llm).fit(TRAIN, CAT)
 
 
 REQS = [Request(0, np.array([50])), Request(1, np.array([51]))]

@@ -13,6 +13,7 @@ from recfunnel.funnel import build_retriever
 from recfunnel.retrieve.cf import CFConfig
 from recfunnel.retrieve.content import ContentConfig
 from recfunnel.retrieve.popularity import PopularityConfig, RandomConfig
+from recfunnel.retrieve.sasrec import SASRecConfig
 from recfunnel.types import PAD, CandidateBatch, Request
 
 CONFIGS = {
@@ -22,6 +23,7 @@ CONFIGS = {
     "itemknn": CFConfig(model="itemknn"),
     "bm25": CFConfig(model="bm25"),
     "content": ContentConfig(),
+    "sasrec": SASRecConfig(epochs=1, hidden=32, seed=7),
 }
 K = 50
 

@@ -63,6 +63,7 @@ def cold_start(
     history: int = 5,
     relevance: float | None = 4.0,
     n_valid: int = 0,
+    history_max: int | None = None,
 ) -> Split:
     """The cold-start diagnosis paper's protocol.
 
@@ -71,14 +72,28 @@ def cold_start(
     with rating >= ``relevance`` are the truth (every later item when the data has no
     ratings or ``relevance`` is None); train = all other users + the sampled users' histories.
     A user is eligible when at least one relevant item follows its history.
+
+    With ``history_max``, each user keeps a seeded, log-uniform number of first items in
+    [``history``, ``history_max``] instead, so one split holds cold and warm users (the
+    routing study's buckets).
     """
     if history < 0:
         raise ConfigError(f"protocol.history must be >= 0, got {history}")
     if n_users < 1:
         raise ConfigError(f"protocol.n_users must be >= 1, got {n_users}")
+    if history_max is not None and history_max < history:
+        raise ConfigError(f"protocol.history_max ({history_max}) is below history ({history})")
     inter = data.interactions
     events = ordered_events(inter, seed, data.timestamps_real)
-    later = events["pos"] >= history
+    all_users = np.unique(events["user"].to_numpy())
+    if history_max is None:
+        keep = pd.Series(history, index=all_users)
+    else:
+        lo, hi = np.log(history + 1), np.log(history_max + 1)
+        draw = np.random.default_rng([seed, 7]).uniform(lo, hi, len(all_users))
+        keep = pd.Series(np.floor(np.exp(draw) - 1).astype(int).clip(history, history_max),
+                         index=all_users)  # fmt: skip
+    later = events["pos"].to_numpy() >= events["user"].map(keep).to_numpy()
     relevant = later.copy()
     if relevance is not None and inter.has_ratings:
         relevant &= events["rating"].to_numpy() >= relevance
@@ -94,15 +109,16 @@ def cold_start(
     valid_users = np.sort(picked[n_test : n_test + n_valid])
     held = np.isin(events["user"].to_numpy(), np.concatenate([test_users, valid_users]))
     train = inter.with_frame(events.loc[~(held & later), list(Interactions.COLUMNS)])
-    upto = pd.Series(history, index=np.concatenate([test_users, valid_users]))
+    upto = keep.loc[np.concatenate([test_users, valid_users])]
 
     def evalset(users: np.ndarray) -> EvalSet:
         truth_rows = events[relevant & np.isin(events["user"].to_numpy(), users)]
         return EvalSet(_requests(events, users, upto), _truth(truth_rows, users))
 
     params: dict[str, Any] = dict(
-        n_users=n_users, history=history, relevance=relevance, n_valid=n_valid
-    )
+        n_users=n_users, history=history, relevance=relevance, n_valid=n_valid,
+        history_max=history_max,
+    )  # fmt: skip
     log.info("cold-start split: %d test users, %d valid users", n_test, len(valid_users))
     return Split(
         protocol="cold-start",

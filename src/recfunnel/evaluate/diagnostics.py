@@ -53,7 +53,11 @@ class Discrimination:
 
 
 def discrimination(
-    scores: np.ndarray, hits: np.ndarray, seed: int = 0, within_user: bool = True
+    scores: np.ndarray,
+    hits: np.ndarray,
+    seed: int = 0,
+    within_user: bool = True,
+    n_boot: int = 1000,
 ) -> Discrimination:
     """Scores of candidates (rows = users) split by relevance.
 
@@ -76,7 +80,7 @@ def discrimination(
         mean_relevant=float(pos.mean()) if len(pos) else float("nan"),
         mean_irrelevant=float(neg.mean()) if len(neg) else float("nan"),
         cohen_d=cohen_d(pos, neg),
-        cohen_d_ci=cohen_d_ci(pos, neg, seed=seed),
+        cohen_d_ci=cohen_d_ci(pos, neg, n_boot=n_boot, seed=seed),
         auc=auc,
         n_relevant=len(pos),
         n_irrelevant=len(neg),

@@ -31,6 +31,8 @@ class RankingView:
     n_items: int
     item_counts: np.ndarray | None = None  # training interactions per item (novelty)
     n_train_users: int | None = None
+    item_genres: np.ndarray | None = None  # [n_items, n_genres] 0/1 (diversity metrics)
+    item_groups: np.ndarray | None = None  # [n_items] 0/1 fairness group (mad)
     _cache: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -82,6 +84,94 @@ def _novelty(v: RankingView, k: int) -> np.ndarray:
     return vals.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
 
 
+def _genres(v: RankingView, name: str) -> np.ndarray:
+    if v.item_genres is None:
+        raise ConfigError(f"{name} needs item genres (pass item_genres to evaluate)")
+    return v.item_genres
+
+
+def _top_genres(v: RankingView, k: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """[users, k, genres] genre vectors of the top-k (zero for padding) and the valid mask."""
+    top = v.ranked[:, :k]
+    valid = top != PAD
+    g = _genres(v, name)[np.where(valid, top, 0)] * valid[..., None]
+    return g, valid
+
+
+ALPHA = 0.5  # α of α-NDCG: how much a genre already shown is worth again
+
+
+def _alpha_dcg(g: np.ndarray, k: int) -> float:
+    """α-DCG of one list of genre vectors [n, genres], first k positions."""
+    seen = np.zeros(g.shape[1])
+    total = 0.0
+    for r in range(min(k, len(g))):
+        total += float((g[r] * (1 - ALPHA) ** seen).sum()) / np.log2(r + 2)
+        seen += g[r]
+    return total
+
+
+def _alpha_ideal(g: np.ndarray, k: int) -> float:
+    """α-DCG of the greedy best order of the same items (the usual approximation)."""
+    seen = np.zeros(g.shape[1])
+    left = list(range(len(g)))
+    total = 0.0
+    for r in range(min(k, len(g))):
+        gains = [float((g[i] * (1 - ALPHA) ** seen).sum()) for i in left]
+        best = left.pop(int(np.argmax(gains)))
+        total += max(gains) / np.log2(r + 2)
+        seen += g[best]
+    return total
+
+
+def _alpha_ndcg(v: RankingView, k: int) -> np.ndarray:
+    """α-NDCG@k with genres as subtopics (Clarke et al. 2008): each genre's gain decays by
+    (1−α) every time it was shown before; the ideal is the greedy best order of the
+    user's whole ranked list (so with a depth-20 list, the reranker's 20 candidates)."""
+    g_all, _ = _top_genres(v, v.ranked.shape[1], "alpha_ndcg")
+    out = np.zeros(len(v.ranked))
+    for u in range(len(v.ranked)):
+        ideal = _alpha_ideal(g_all[u], k)
+        out[u] = _alpha_dcg(g_all[u], k) / ideal if ideal > 0 else 0.0
+    return out
+
+
+def _ild(v: RankingView, k: int) -> np.ndarray:
+    """Intra-list diversity: mean pairwise cosine distance of the top-k's genre vectors."""
+    g, valid = _top_genres(v, k, "ild")
+    norm = np.linalg.norm(g, axis=2, keepdims=True)
+    unit = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
+    dist = 1.0 - unit @ unit.transpose(0, 2, 1)
+    pair = valid[:, :, None] & valid[:, None, :] & ~np.eye(g.shape[1], dtype=bool)[None]
+    n_pairs = pair.sum(axis=(1, 2))
+    return np.where(n_pairs > 0, (dist * pair).sum(axis=(1, 2)) / np.maximum(n_pairs, 1), 0.0)
+
+
+def _genre_coverage(v: RankingView, k: int) -> np.ndarray:
+    """Share of the catalog's genres that appear in the top-k."""
+    g, _ = _top_genres(v, k, "genre_coverage")
+    return np.asarray((g.max(axis=1) > 0).sum(axis=1) / g.shape[2], dtype=np.float64)
+
+
+def _mad(v: RankingView, k: int) -> np.ndarray:
+    """LLM4Rerank's MAD: list positions mapped linearly from 1 (top) to 0 (k-th), then
+    |mean of group 1 − mean of group 0|; NaN for a list holding one group only."""
+    if v.item_groups is None:
+        raise ConfigError("mad needs item groups (pass item_groups to evaluate)")
+    top = v.ranked[:, :k]
+    valid = top != PAD
+    n = valid.sum(axis=1, keepdims=True)
+    score = 1.0 - np.arange(top.shape[1])[None, :] / np.maximum(n - 1, 1)
+    grp = v.item_groups[np.where(valid, top, 0)]
+    out = np.full(len(top), np.nan)
+    for u in range(len(top)):
+        a = score[u][valid[u] & (grp[u] == 1)]
+        b = score[u][valid[u] & (grp[u] == 0)]
+        if len(a) and len(b):
+            out[u] = abs(a.mean() - b.mean())
+    return out
+
+
 def exposure(ranked: np.ndarray, k: int, n_items: int) -> np.ndarray:
     """How many users' top-k lists show each item."""
     top = ranked[:, :k]
@@ -124,7 +214,13 @@ PER_USER: dict[str, Callable[[RankingView, int], np.ndarray]] = {
     "mrr": _mrr,
     "map": _map,
     "novelty": _novelty,
+    "alpha_ndcg": _alpha_ndcg,
+    "ild": _ild,
+    "genre_coverage": _genre_coverage,
+    "mad": _mad,
 }
+BARE_K = {"mad": 20}
+"""Metrics that may be named without @K: MAD over LLM4Rerank's 20-item list."""
 AGGREGATE: dict[str, Callable[[RankingView, int], float]] = {
     "unique": _unique,
     "coverage": _coverage,
@@ -136,7 +232,10 @@ _NAME = re.compile(r"^([a-z0-9_]+)@(\d+)$")
 
 def parse_metric(name: str) -> tuple[str, int]:
     """'ndcg@10' -> ('ndcg', 10); a clear error for anything else."""
-    m = _NAME.match(name.strip().lower())
+    bare = name.strip().lower()
+    if bare in BARE_K:
+        return bare, BARE_K[bare]
+    m = _NAME.match(bare)
     if not m or (m.group(1) not in PER_USER and m.group(1) not in AGGREGATE):
         known = ", ".join(sorted([*PER_USER, *AGGREGATE]))
         raise ConfigError(f"unknown metric {name!r}: use NAME@K with NAME one of {known}")
@@ -167,8 +266,13 @@ def evaluate(
     *,
     item_counts: np.ndarray | None = None,
     n_train_users: int | None = None,
+    item_genres: np.ndarray | None = None,
+    item_groups: np.ndarray | None = None,
 ) -> MetricResult:
-    """Compute named metrics of ``ranked`` ([users, depth] item indices) against ``truth``."""
+    """Compute named metrics of ``ranked`` ([users, depth] item indices) against ``truth``.
+
+    A per-user metric undefined for some users (``mad`` of a one-group list) is NaN there
+    and its mean is over the users where it is defined."""
     ranked = np.asarray(ranked, dtype=np.int64)
     if ranked.ndim != 2 or ranked.shape[0] != len(truth):
         raise ValueError(f"ranked has shape {ranked.shape} but there are {len(truth)} truth sets")
@@ -176,8 +280,9 @@ def evaluate(
     if (n_rel == 0).any():
         raise ValueError(f"{int((n_rel == 0).sum())} users have no relevant item to find")
     view = RankingView(
-        ranked, hit_matrix(ranked, truth, n_items), n_rel, n_items, item_counts, n_train_users
-    )
+        ranked, hit_matrix(ranked, truth, n_items), n_rel, n_items, item_counts, n_train_users,
+        item_genres, item_groups,
+    )  # fmt: skip
     means: dict[str, float] = {}
     per_user: dict[str, np.ndarray] = {}
     for name in names:
@@ -185,7 +290,8 @@ def evaluate(
         if base in PER_USER:
             vals = PER_USER[base](view, k)
             per_user[name] = vals
-            means[name] = float(vals.mean()) if len(vals) else 0.0
+            ok = np.isfinite(vals)
+            means[name] = float(vals[ok].mean()) if ok.any() else float("nan")
         else:
             means[name] = AGGREGATE[base](view, k)
     return MetricResult(means, per_user)

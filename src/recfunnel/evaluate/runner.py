@@ -17,9 +17,12 @@ import numpy as np
 from recfunnel.config import ExperimentConfig, TabularDatasetConfig
 from recfunnel.data.registry import load_dataset
 from recfunnel.data.splits import make_split
+from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import depth_needed, evaluate
-from recfunnel.funnel import Funnel, FunnelResult
-from recfunnel.types import Dataset, Split
+from recfunnel.funnel import FunnelResult
+from recfunnel.rerank.aspects import year_groups
+from recfunnel.route import RoutedFunnel, build_funnel, by_history
+from recfunnel.types import Dataset, EvalSet, Split
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +39,21 @@ class RunResult:
     stages: dict[str, dict[str, float]]
     n_users: int
     timings: dict[str, float]
+    calibration: dict[str, Any] | None = None
+    ranker: dict[str, Any] | None = None
+    """The learned ranker's training users and feature importances (gain shares)."""
+    route: dict[str, Any] | None = None
+    """A routed pipeline's threshold and the validation scores behind it."""
+    history_len: np.ndarray | None = field(default=None, repr=False)
+    probes: dict[str, Any] = field(default_factory=dict)
+    """What ``run_experiment``'s ``probe`` returned for this run (diagnostics)."""
     per_user: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     funnel_result: FunnelResult | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("per_user")
-        d.pop("funnel_result")
+        for key in ("per_user", "funnel_result", "probes", "history_len"):
+            d.pop(key)
         return d
 
 
@@ -61,7 +72,31 @@ class ExperimentResult:
             "protocol_params": self.protocol_params,
             "seeds": self.seeds,
             "results": [r.to_json() for r in self.results],
+            "by_history": self.by_history(),
         }
+
+    def by_history(self) -> dict[str, Any]:
+        """Per pipeline and history-length bucket: each per-user metric's mean over all
+        (seed, user) rows, the row count, and each bucket's winner per metric."""
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        for name in dict.fromkeys(r.pipeline for r in self.results):
+            runs = [r for r in self.results if r.pipeline == name and r.history_len is not None]
+            if not runs:
+                continue
+            per_user = {m: np.concatenate([r.per_user[m] for r in runs]) for m in runs[0].per_user}
+            lengths = np.concatenate([np.asarray(r.history_len) for r in runs])
+            table[name] = by_history(per_user, lengths)
+        winners: dict[str, dict[str, str]] = {}
+        if table:
+            first = next(iter(table.values()))
+            metrics = [m for m in next(iter(first.values())) if m != "n"]
+            for m in metrics:
+                winners[m] = {}
+                for bucket, row in first.items():
+                    if row["n"] == 0:
+                        continue
+                    winners[m][bucket] = max(table, key=lambda p: table[p][bucket][m])
+        return {"buckets": table, "winner": winners}
 
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """pipeline -> metric -> (mean, std over seeds), in pipeline order."""
@@ -124,28 +159,87 @@ def cost_metrics(result: FunnelResult, n_users: int, seconds: float) -> dict[str
     return out
 
 
+Probe = Callable[[Any, Split, FunnelResult], dict[str, Any]]
+
+
+def prepare_funnel(funnel: Any, split: Split) -> None:
+    """What a funnel learns from validation users before it meets a test user: the
+    learned ranker, the reranker's calibration, a router's threshold."""
+    if isinstance(funnel, RoutedFunnel):
+        funnel.prepare(split)
+        return
+    cfg = funnel.config
+    if cfg.rank is not None:
+        funnel.fit_ranker(
+            calibration_set(split.valid, cfg.rank.train_users, split.seed), split.test
+        )
+    if getattr(cfg.rerank, "calibration", None) is not None:
+        cal = cfg.rerank.calibration
+        funnel.calibrate(calibration_set(split.valid, cal.users, split.seed))
+
+
+def calibration_set(valid: EvalSet | None, users: int | None, seed: int) -> EvalSet:
+    """The validation users a calibration or a ranker may learn from (a seeded sample)."""
+    if valid is None or len(valid) == 0:
+        raise ConfigError(
+            "rank and rerank.calibration need validation users: "
+            "set protocol.n_valid > 0 (cold-start)"
+        )
+    if users is None or users >= len(valid):
+        return valid
+    pick = np.sort(np.random.default_rng(seed).choice(len(valid), users, replace=False))
+    return EvalSet([valid.requests[i] for i in pick], [valid.truth[i] for i in pick])
+
+
+def target_in(evalset: EvalSet) -> Callable[[Any, Any], np.ndarray]:
+    """Rows whose reranker input holds a relevant item (``rerank_users``); requests are
+    matched by identity, so a router's subsets work too."""
+    truth = {id(r): t for r, t in zip(evalset.requests, evalset.truth, strict=True)}
+
+    def rows(requests: Any, head: Any) -> np.ndarray:
+        return np.array(
+            [np.isin(truth[id(r)], head.items[i]).any() for i, r in enumerate(requests)],
+            dtype=bool,
+        )
+
+    return rows
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     *,
     dataset: Dataset | None = None,
     keep_traces: bool = False,
     on_step: Callable[[str], None] | None = None,
+    probe: Probe | None = None,
 ) -> ExperimentResult:
-    """Evaluate every pipeline on every seed; ``on_step`` is called after each (progress)."""
+    """Evaluate every pipeline on every seed; ``on_step`` is called after each (progress).
+
+    A pipeline whose reranker has a ``calibration`` is calibrated on validation users
+    before it sees a test user. ``probe`` runs after each pipeline's test pass (e.g. the
+    shuffled-input rerun of ``recfunnel diagnose``); what it returns lands in ``probes``.
+    """
     data = dataset if dataset is not None else load_experiment_data(cfg)
     depth = depth_needed(cfg.metrics)
     protocol = cfg.protocol.model_dump()
     protocol_name = protocol.pop("name")
     results: list[RunResult] = []
+    genres, groups = data.catalog.genre_matrix, year_groups(data.catalog)
     for seed in cfg.seeds:
         split = make_split(data, protocol_name, seed, **protocol)
         fitted: dict[str, Any] = {}
         counts = split.train.item_counts()
         for pipe in cfg.pipelines:
             t0 = time.perf_counter()
-            funnel = Funnel(pipe, seed, fitted).fit(split.train, data.catalog)
+            funnel = build_funnel(pipe, seed, fitted).fit(split.train, data.catalog)
+            prepare_funnel(funnel, split)
             t1 = time.perf_counter()
-            out = funnel.run(split.test.requests, depth)
+            only_hits = cfg.rerank_users == "target-in-input"
+            out = funnel.run(
+                split.test.requests,
+                depth,
+                rerank_rows=target_in(split.test) if only_hits else None,
+            )
             t2 = time.perf_counter()
             scored = evaluate(
                 out.final.items,
@@ -154,6 +248,8 @@ def run_experiment(
                 data.catalog.n_items,
                 item_counts=counts,
                 n_train_users=split.train.n_users,
+                item_genres=genres,
+                item_groups=groups,
             )
             n = len(split.test)
             results.append(
@@ -168,6 +264,11 @@ def run_experiment(
                         "run_s": t2 - t1,
                         "latency_ms_per_user": 1000 * (t2 - t1) / max(n, 1),
                     },
+                    calibration=funnel.calibration_,
+                    ranker=funnel.ranker_info_,
+                    route=getattr(funnel, "route_info_", None),
+                    history_len=np.array([len(r.history) for r in split.test.requests]),
+                    probes=probe(funnel, split, out) if probe else {},
                     per_user=scored.per_user,
                     funnel_result=out if keep_traces else None,
                 )

@@ -11,9 +11,9 @@ import abc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +22,7 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.llm.cache import AnswerCache, answer_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Message = dict[str, str]
 """{"role": "system" | "user" | "assistant", "content": str}. A final assistant message is a
@@ -72,6 +73,9 @@ class Completion:
     completion_tokens: int
     latency_s: float
     cached: bool = False
+    compute_s: float = float("nan")
+    """Back-end seconds when the answer was computed (kept in the cache, so latency
+    reports survive cached reruns; NaN for entries cached before it was recorded)."""
 
 
 @dataclass
@@ -84,6 +88,8 @@ class OptionScores:
     cached: bool = False
     missing: int = 0
     """Options the back-end could not score (a server's top-k did not include them)."""
+    compute_s: float = float("nan")
+    """Back-end seconds when the answer was computed (see :class:`Completion`)."""
 
 
 @dataclass
@@ -226,16 +232,21 @@ class LLM(abc.ABC):
         out: list[Completion | None] = [self._cached_completion(k) for k in keys]
         todo = [i for i, c in enumerate(out) if c is None]
         if todo:
-            t0 = time.perf_counter()
             try:
-                answers = self._complete_many([batch[i] for i in todo], max_tokens, temp, stop)
+                answers, secs = self._timed(
+                    "_complete_many",
+                    lambda ms: self._complete_many(ms, max_tokens, temp, stop),
+                    [batch[i] for i in todo],
+                )
             except LLMUnavailable:
                 self.usage.errors += 1
                 raise
-            per = (time.perf_counter() - t0) / len(todo)
-            for i, (text, pt, ct) in zip(todo, answers, strict=True):
-                out[i] = Completion(text, pt, ct, per)
-                self._store(keys[i], {"text": text, "prompt_tokens": pt, "completion_tokens": ct})
+            for i, (text, pt, ct), per in zip(todo, answers, secs, strict=True):
+                out[i] = Completion(text, pt, ct, per, False, per)
+                self._store(
+                    keys[i],
+                    {"text": text, "prompt_tokens": pt, "completion_tokens": ct, "latency_s": per},
+                )
                 self._count(pt, ct, per)
         return [c for c in out if c is not None]
 
@@ -256,35 +267,60 @@ class LLM(abc.ABC):
                 self._count(hit["prompt_tokens"], 0, 0.0)
                 out.append(
                     OptionScores(np.asarray(hit["logprobs"]), hit["prompt_tokens"], 0.0, True,
-                                 hit.get("missing", 0))
+                                 hit.get("missing", 0), hit.get("latency_s", float("nan")))
                 )  # fmt: skip
             else:
                 out.append(None)
         todo = [i for i, o in enumerate(out) if o is None]
         if todo:
-            t0 = time.perf_counter()
             try:
-                answers = self._option_logprobs_many([batch[i] for i in todo], options)
+                answers, secs = self._timed(
+                    "_option_logprobs_many",
+                    lambda ms: self._option_logprobs_many(ms, options),
+                    [batch[i] for i in todo],
+                )
             except LLMUnavailable:
                 self.usage.errors += 1
                 raise
-            per = (time.perf_counter() - t0) / len(todo)
-            for i, (lp, pt, missing) in zip(todo, answers, strict=True):
+            for i, (lp, pt, missing), per in zip(todo, answers, secs, strict=True):
                 lp = np.asarray(lp, dtype=np.float64)
-                out[i] = OptionScores(lp, pt, per, False, missing)
+                out[i] = OptionScores(lp, pt, per, False, missing, per)
                 self._store(keys[i], {"logprobs": lp.tolist(), "prompt_tokens": pt,
-                                      "missing": missing})  # fmt: skip
+                                      "missing": missing, "latency_s": per})  # fmt: skip
                 self._count(pt, 0, per)
         return [o for o in out if o is not None]
 
     # ---- helpers ---------------------------------------------------------------------
+    def _timed(
+        self,
+        method: str,
+        call: Callable[[list[Sequence[Message]]], list[T]],
+        batch: list[Sequence[Message]],
+    ) -> tuple[list[T], list[float]]:
+        """Answers and each one's compute seconds. A back-end that answers one prompt at a
+        time is timed per prompt (so p95 latency is real); one that overrides ``method``
+        to run a batch concurrently gets the batch's wall time shared equally."""
+        if getattr(type(self), method) is getattr(LLM, method):
+            answers, secs = [], []
+            for m in batch:
+                t0 = time.perf_counter()
+                answers.extend(call([m]))
+                secs.append(time.perf_counter() - t0)
+            return answers, secs
+        t0 = time.perf_counter()
+        got = call(batch)
+        return got, [(time.perf_counter() - t0) / max(len(batch), 1)] * len(batch)
+
     def _cached_completion(self, key: str) -> Completion | None:
         hit = self._cache.get(key) if self._cache is not None else None
         if hit is None:
             return None
         self.usage.cache_hits += 1
         self._count(hit["prompt_tokens"], hit["completion_tokens"], 0.0)
-        return Completion(hit["text"], hit["prompt_tokens"], hit["completion_tokens"], 0.0, True)
+        return Completion(
+            hit["text"], hit["prompt_tokens"], hit["completion_tokens"], 0.0, True,
+            hit.get("latency_s", float("nan")),
+        )  # fmt: skip
 
     def _store(self, key: str, value: dict[str, Any]) -> None:
         if self._cache is not None:

@@ -44,3 +44,47 @@ def parse_permutation(text: str, n: int) -> ParsedRanking:
     if missing:
         problems.append(f"missing {len(missing)} of {n} ids")
     return ParsedRanking(order + missing, bool(problems), problems)
+
+
+_RANKING = re.compile(r"ranking\s*:(.*)", re.IGNORECASE)
+_NEXT = re.compile(r"next\s*:\s*([a-z]+)", re.IGNORECASE)
+
+
+@dataclass
+class GoalAnswer:
+    """A goal-graph node's answer: a full ranking of ids 0..n-1 and the next node, or the
+    reasons it is invalid (unknown id, repeated id, missing ids, wrong length, bad node)."""
+
+    order: list[int] | None
+    next_node: str | None
+    errors: list[str]
+
+
+def parse_goal_answer(text: str, n: int, nodes: tuple[str, ...]) -> GoalAnswer:
+    """Strict: unlike :func:`parse_permutation` nothing is repaired, because the walker
+    re-asks once with the specific error instead."""
+    errors: list[str] = []
+    m = _RANKING.search(text)
+    ids = [int(x[:9]) for x in _NUMBER.findall(m.group(1).split("\n")[0] if m else "")]
+    if not m:
+        errors.append("no 'Ranking:' line")
+    else:
+        unknown = [i for i in ids if not 1 <= i <= n]
+        if unknown:
+            errors.append(f"unknown id(s) {unknown[:5]} (ids are 1..{n})")
+        seen = [i for i in ids if 1 <= i <= n]
+        if len(set(seen)) != len(seen):
+            errors.append("repeated id(s) " + str(sorted({i for i in seen if seen.count(i) > 1})))
+        missing = sorted(set(range(1, n + 1)) - set(seen))
+        if missing:
+            errors.append(f"missing id(s) {missing[:10]}")
+        if len(ids) != n:
+            errors.append(f"{len(ids)} ids instead of {n}")
+    nm = _NEXT.search(text)
+    node = nm.group(1).lower() if nm else None
+    if node not in nodes:
+        errors.append(f"unknown next node {node!r} (one of {', '.join(nodes)})" if node
+                      else "no 'Next:' line")  # fmt: skip
+        node = None
+    order = [i - 1 for i in ids] if not errors else None
+    return GoalAnswer(order, node, errors)

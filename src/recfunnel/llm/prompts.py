@@ -148,3 +148,54 @@ def enrich_prompt(catalog: Catalog, item: int, style: PromptStyle) -> list[Messa
     )
     system = f"You write short, factual {style.noun} descriptions."
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+GOAL_NODES = ("accuracy", "diversity", "fairness", "backward", "stop")
+"""LLM4Rerank's graph: three aspect nodes the model reranks at, plus undo and stop."""
+
+ASPECT_TASKS = {
+    "accuracy": "put first the candidates this user is most likely to enjoy",
+    "diversity": "mix genres, so that the top of the list covers different genres "
+    "(each candidate's genres are listed)",
+    "fairness": "give the two release-year groups a similar share of the top positions "
+    "(each candidate's group is listed)",
+}
+
+
+def goal_prompt(
+    catalog: Catalog,
+    history: np.ndarray,
+    items: Sequence[int],
+    order: Sequence[int],
+    scores: Sequence[float],
+    groups: Sequence[str],
+    steps: Sequence[tuple[str, Sequence[int]]],
+    aspect: str,
+    goal: str,
+    style: PromptStyle,
+) -> list[Message]:
+    """One node of LLM4Rerank's walk. Candidates keep ids 1..n (their input positions) and
+    are listed in the current order with the ranker's score and their fairness group;
+    ``steps`` is the history pool ("Focus: X. Result: [...]")."""
+    n = len(items)
+    lines = [
+        f"{j + 1}. {item_line(catalog, items[j], style)} | score {scores[j]:.2f} | {groups[j]}"
+        for j in order
+    ]
+    pool = "\n".join(f"Focus: {a}. Result: {[j + 1 for j in r]}" for a, r in steps)
+    user = (
+        f"Goal: {goal}\n\n"
+        f"{history_block(catalog, history, style)}\n\n"
+        f"Candidates (id. {style.noun} | ranker score | group), current order:\n"
+        + "\n".join(lines)
+        + f"\n\nEarlier steps:\n{pool or 'none yet'}\n\n"
+        f"Now focus on {aspect}: {ASPECT_TASKS[aspect]}.\n"
+        f"Answer in exactly two lines:\n"
+        f"Ranking: all {n} ids, best first, separated by commas\n"
+        f"Next: one of {', '.join(GOAL_NODES)} (the aspect the goal needs next, or stop)"
+    )
+    system = (
+        f"You rerank {style.noun}s for a user toward a goal, one aspect at a time. "
+        f"You answer in exactly two lines."
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]

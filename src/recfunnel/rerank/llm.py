@@ -7,8 +7,9 @@ All three share one pipeline (this module's :class:`LLMReranker`):
    measure and average out position bias;
 3. score every presented list with the method (batched over requests);
 4. aggregate the orders (Borda: mean rank, or mean raw score) and report their agreement;
-5. optionally blend with the previous stage (``blend`` = its weight), since a small
-   model's signal is mostly position and should refine the ranker rather than replace it;
+5. optionally blend with a prior (the previous stage's rank, or popularity; ``blend`` = its
+   weight, fixed or fitted on validation users by ``calibration``), since a small model's
+   signal is mostly position and should refine the ranker rather than replace it;
 6. on a back-end failure, keep the previous order for that request and count it.
 """
 
@@ -25,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import kendalltau, rankdata
 from tqdm.auto import tqdm
 
+from recfunnel.errors import ConfigError
+from recfunnel.evaluate.metrics import parse_metric
 from recfunnel.llm.base import LLM, LLMConfig, LLMUnavailable, Usage
 from recfunnel.llm.parse import parse_permutation
 from recfunnel.llm.prompts import (
@@ -36,11 +39,31 @@ from recfunnel.llm.prompts import (
     verbalizer_prompt,
 )
 from recfunnel.rerank.base import Reranker
-from recfunnel.types import PAD, CandidateBatch, Request
+from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request
 
 log = logging.getLogger(__name__)
 
 Method = Literal["verbalizer", "permutation", "pointwise"]
+
+
+class Calibration(BaseModel):
+    """Score calibration: choose the blend weight that maximises ``metric`` on validation
+    users (never test users), trying every weight on one set of LLM answers."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = "ndcg@10"
+    grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    users: int | None = Field(100, ge=1, description="validation users used (None: all)")
+
+    @model_validator(mode="after")
+    def _grid(self) -> Calibration:
+        if not self.grid or any(not 0.0 <= w <= 1.0 for w in self.grid):
+            raise ValueError("calibration.grid must be a non-empty list of weights in [0, 1]")
+        try:
+            parse_metric(self.metric)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class RerankConfig(BaseModel):
@@ -51,7 +74,13 @@ class RerankConfig(BaseModel):
     top_n: int = Field(20, ge=2, description="Candidates from the previous stage to rerank.")
     shuffles: int = Field(1, ge=1, description="Orders presented: input order + shuffles-1.")
     aggregate: Literal["borda", "mean-score"] = "borda"
-    blend: float = Field(0.0, ge=0.0, le=1.0, description="Weight of the previous stage.")
+    blend: float = Field(0.0, ge=0.0, le=1.0, description="Weight of the prior (blend_with).")
+    blend_with: Literal["previous", "popularity"] = Field(
+        "previous", description="prior blended in: the previous stage's rank, or popularity"
+    )
+    calibration: Calibration | None = Field(
+        None, description="fit `blend` on validation users (replaces the configured value)"
+    )
     show_prev_rank: bool = Field(False, description="Print each candidate's ranker rank.")
     history_items: int = Field(20, ge=0, description="Most recent history items shown.")
     title_chars: int = Field(60, ge=8)
@@ -89,7 +118,7 @@ class Scored:
     scores: np.ndarray  # aligned with Job.items, higher = better
     outputs: int  # LLM outputs behind these scores (for the invalid rate)
     invalid: int = 0  # how many of those outputs were invalid
-    seconds: float = 0.0  # LLM time spent on this list (0 when served from the cache)
+    seconds: float = 0.0  # LLM compute time of this list (as measured when computed)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -116,6 +145,11 @@ class LLMReranker(Reranker):
     @property
     def stage(self) -> str:
         return f"rerank:{self.config.method}"
+
+    def fit(self, train: Interactions, catalog: Catalog) -> LLMReranker:
+        self.catalog_ = catalog
+        self.popularity_ = np.log1p(train.item_counts().astype(np.float64))
+        return self
 
     def n_orders(self) -> int:
         return self.config.shuffles
@@ -157,21 +191,16 @@ class LLMReranker(Reranker):
                 jobs.append(Job(r, head.items[r, valid][order], valid[order]))
         scored = self._batched(requests, jobs)
 
-        items = head.items.copy()
-        scores = np.full((n_rows, depth), -np.inf)
-        llm_score = np.full((n_rows, depth), np.nan)
-        # where each output item sat in the input (rows the LLM did not reorder: in place)
-        input_pos = np.where(head.items != PAD, np.arange(depth)[None, :], -1)
+        raw = np.full((n_rows, depth), np.nan)  # LLM score of each input position
         fallback = np.zeros(n_rows, dtype=bool)
         invalid_rows = np.zeros(n_rows, dtype=bool)
         outputs = invalid_outputs = 0
         agreements: list[float] = []
         row_seconds = np.zeros(n_rows)
-        for job, sc in zip(jobs, scored, strict=True):
-            row_seconds[job.row] += sc.seconds if sc is not None else 0.0
         by_row: dict[int, list[tuple[Job, Scored | None]]] = {}
         for job, sc in zip(jobs, scored, strict=True):
             by_row.setdefault(job.row, []).append((job, sc))
+            row_seconds[job.row] += sc.seconds if sc is not None else 0.0
         for r, pairs in by_row.items():
             n = len(pairs[0][0].items)
             if n == 0:
@@ -194,32 +223,67 @@ class LLMReranker(Reranker):
                     for a, b in itertools.combinations(range(len(pairs)), 2)
                 ]
                 agreements.append(float(np.nanmean(taus)))
-            raw = (
+            raw[r, :n] = (
                 -ranks.mean(axis=0)
                 if self.config.aggregate == "borda" and len(pairs) > 1
                 else per_order.mean(axis=0)
             )
-            prev_lin = (n - 1 - np.arange(n)) / max(n - 1, 1)
-            b = self.config.blend
-            final = raw if b == 0 else (1 - b) * _zscore(raw) + b * _zscore(prev_lin)
-            order = np.lexsort((np.arange(n), -final))  # ties keep the input order
-            items[r, :n] = head.items[r, :n][order]
-            scores[r, :n] = final[order]
-            llm_score[r, :n] = raw[order]
-            input_pos[r, :n] = order
-        # fallback rows keep the input order and score
-        scores[fallback] = head.scores[fallback]
         used = self.llm.usage.since(usage_before)
         self._stats = self._summarise(
             used, n_rows, fallback, invalid_rows, outputs, invalid_outputs, agreements
         )
         self._stats["row_seconds"] = row_seconds
+        in_order = CandidateBatch(
+            head.items,
+            head.scores,
+            self.stage,
+            fallback=fallback,
+            extras={
+                "llm_score": raw,
+                "input_pos": np.where(head.items != PAD, np.arange(depth)[None, :], -1),
+            },
+        )
+        return self.reorder(in_order, self.config.blend)
+
+    def prior(self, items: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
+        """What the LLM score is blended with: the previous stage's rank (linear, 1 at its
+        top, 0 at its bottom) or log-popularity in the training data."""
+        valid = items != PAD
+        if self.config.blend_with == "popularity":
+            return np.where(valid, self.popularity_[np.where(valid, items, 0)], np.nan)
+        n = valid.sum(axis=1, keepdims=True)
+        return np.where(valid, (n - 1 - input_pos) / np.maximum(n - 1, 1), np.nan)
+
+    def reorder(self, batch: CandidateBatch, blend: float) -> CandidateBatch:
+        """Order each row by ``(1 - blend)·z(LLM score) + blend·z(prior)``.
+
+        The last step of :meth:`rerank`, kept apart so calibration can try many weights on
+        one set of LLM answers. Rows marked ``fallback`` keep their order and scores.
+        """
+        raw, pos = batch.extras["llm_score"], batch.extras["input_pos"]
+        prior = self.prior(batch.items, pos)
+        fallback = (
+            batch.fallback if batch.fallback is not None else np.zeros(len(batch), dtype=bool)
+        )
+        items, scores = batch.items.copy(), batch.scores.copy()
+        new_raw, new_pos = raw.copy(), pos.copy()
+        for r in np.flatnonzero(~fallback):
+            n = int((batch.items[r] != PAD).sum())
+            if n == 0:
+                continue
+            x = raw[r, :n]
+            final = x if blend == 0 else (1 - blend) * _zscore(x) + blend * _zscore(prior[r, :n])
+            order = np.lexsort((pos[r, :n], -final))  # ties keep the input order
+            items[r, :n] = batch.items[r, :n][order]
+            scores[r, :n] = final[order]
+            new_raw[r, :n] = x[order]
+            new_pos[r, :n] = pos[r, :n][order]
         return CandidateBatch(
             items,
             scores,
             self.stage,
             fallback=fallback,
-            extras={"llm_score": llm_score, "input_pos": input_pos},
+            extras={"llm_score": new_raw, "input_pos": new_pos},
         )
 
     def _summarise(
@@ -290,7 +354,7 @@ class VerbalizerReranker(LLMReranker):
                     lp = lp - np.logaddexp.reduce(lp)
                 parts.append(lp)
                 missing += int(a.missing > 0)
-                seconds += a.latency_s
+                seconds += a.compute_s
             out.append(Scored(np.concatenate(parts), len(chunks), missing, seconds))
         return out
 
@@ -318,7 +382,7 @@ class PointwiseReranker(LLMReranker):
             missing = sum(a.missing > 0 for a in mine)
             k += len(j.items)
             p_yes = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
-            out.append(Scored(p_yes, len(j.items), missing, sum(a.latency_s for a in mine)))
+            out.append(Scored(p_yes, len(j.items), missing, sum(a.compute_s for a in mine)))
         return out
 
 
@@ -367,7 +431,7 @@ class PermutationReranker(LLMReranker):
                 current[i][lo:hi] = [window[j] for j in parsed.order]
                 invalid[i] += int(parsed.invalid)
                 outputs[i] += 1
-                seconds[i] += ans.latency_s
+                seconds[i] += ans.compute_s
         out = []
         for i, j in enumerate(jobs):
             scores = np.empty(len(j.items))

@@ -1,0 +1,372 @@
+"""``recfunnel diagnose``: run pipelines over seeds with their stage traces, then measure
+each stage's coverage, exposure, discrimination, position bias, validity and cost, test
+every pipeline against a baseline, and sweep the reranker's pool size.
+
+The output is one JSON document (schema ``diagnosis.schema.json`` beside this file); the
+HTML report (:mod:`recfunnel.evaluate.report`) is drawn from that document alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from recfunnel import __version__
+from recfunnel.config import DiagnoseConfig, PipelineConfig
+from recfunnel.evaluate import diagnostics as dg
+from recfunnel.evaluate.metrics import evaluate, exposure, hit_matrix
+from recfunnel.evaluate.runner import (
+    ExperimentResult,
+    RunResult,
+    calibration_set,
+    load_experiment_data,
+    run_experiment,
+)
+from recfunnel.evaluate.stats import holm, paired_test
+from recfunnel.funnel import Funnel, FunnelResult
+from recfunnel.types import PAD, Dataset, EvalSet, Split
+
+SCHEMA_ID = "recfunnel.diagnosis/1"
+POOL_CUTOFFS = (50, 200, 1000)
+DISCRIMINATION_DEPTH = 50
+"""Candidates per user whose scores are split by relevance: a reranker's whole input,
+a retriever's head (its tail is a thousand near-ties that say little)."""
+HIST_BINS = 30
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema that every diagnosis.json validates against."""
+    text = resources.files("recfunnel.evaluate").joinpath("diagnosis.schema.json").read_text()
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def _num(x: float | np.floating[Any] | None) -> float | None:
+    """JSON has no NaN: a value that cannot be computed is null."""
+    if x is None:
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+# ---- probes run right after each pipeline's test pass --------------------------------
+def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., dict[str, Any]]:
+    """Rerun the reranker on a shuffled input: how much of the top-10 changes, and how
+    much output position still follows (now meaningless) input position."""
+
+    def probe(funnel: Funnel, split: Split, out: FunnelResult) -> dict[str, Any]:
+        if funnel.reranker_ is None:
+            return {}
+        m = len(split.test) if users is None else min(users, len(split.test))
+        shuffled = funnel.run(split.test.requests[:m], 10, shuffle_head=split.seed + seed_offset)
+        a, b = out.final.items[:m, :10], shuffled.final.items[:, :10]
+        stage = shuffled.trace[funnel.reranker_.stage]
+        return {
+            "stage": funnel.reranker_.stage,
+            "n_users": m,
+            "top10_change": 1.0 - dg.topk_overlap(a, b, 10),
+            "top1_change": float(np.mean(a[:, 0] != b[:, 0])),
+            "position_corr_shuffled": dg.position_correlation(stage.extras["input_pos"]),
+        }
+
+    return probe
+
+
+def concentration(counts: np.ndarray, points: int = 40) -> dict[str, Any]:
+    """Exposure inequality at the resolution that matters: the share of top-10 slots taken
+    by the k most-shown items (k log-spaced), and the catalog Lorenz curve through the
+    same breakpoints (exact there, since both come from one sorted count vector)."""
+    c = np.sort(np.asarray(counts, np.float64))[::-1]
+    n, total = len(c), c.sum()
+    ks = np.unique(np.r_[np.round(np.logspace(0, np.log10(n), points)), (c > 0).sum()])
+    ks = ks[(ks >= 1) & (ks <= n)].astype(int)
+    share = np.cumsum(c)[ks - 1] / total if total else np.zeros(len(ks))
+    x = np.r_[0.0, (1 - ks / n)[::-1], 1.0]
+    y = np.r_[0.0, (1 - share)[::-1], 1.0]
+    return {
+        "concentration": {"k": ks.tolist(), "share": share.tolist(), "n_items": n},
+        "lorenz": {"x": x.tolist(), "y": np.clip(y, 0, 1).tolist()},
+    }
+
+
+# ---- per stage ------------------------------------------------------------------------
+def _histogram(pos: np.ndarray, neg: np.ndarray) -> dict[str, list[float]]:
+    both = np.r_[pos, neg]
+    if len(both) == 0:
+        return {"edges": [], "relevant": [], "irrelevant": []}
+    lo, hi = np.percentile(both, [0.5, 99.5])
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
+
+    def density(x: np.ndarray) -> list[float]:
+        return np.histogram(np.clip(x, lo, hi), edges, density=True)[0].tolist() if len(x) else []
+
+    return {"edges": edges.tolist(), "relevant": density(pos), "irrelevant": density(neg)}
+
+
+def _centred(scores: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, np.float64)
+    valid = np.isfinite(s)
+    means = np.where(valid, s, 0.0).sum(axis=1, keepdims=True) / np.maximum(
+        valid.sum(axis=1, keepdims=True), 1
+    )
+    s = s - means
+    return s[valid & hits], s[valid & ~hits]
+
+
+def _discrimination(scores: np.ndarray, hits: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    d = dg.discrimination(scores, hits, seed=seed, n_boot=n_boot)
+    pos, neg = _centred(scores, hits)
+    return {
+        "cohen_d": _num(d.cohen_d),
+        "cohen_d_ci": [_num(d.cohen_d_ci[0]), _num(d.cohen_d_ci[1])],
+        "auc": _num(d.auc),
+        "mean_relevant": _num(d.mean_relevant),
+        "mean_irrelevant": _num(d.mean_irrelevant),
+        "n_relevant": d.n_relevant,
+        "n_irrelevant": d.n_irrelevant,
+        "hist": _histogram(pos, neg),
+    }
+
+
+def stage_report(
+    name: str,
+    runs: list[RunResult],
+    truths: list[list[np.ndarray]],
+    n_items: int,
+    n_boot: int,
+) -> dict[str, Any]:
+    """One stage of one pipeline, over seeds (``runs`` and ``truths`` aligned by seed)."""
+    batches = [r.funnel_result.trace[name] for r in runs if r.funnel_result is not None]
+    out: dict[str, Any] = {"depth": int(batches[0].depth)}
+    for k in POOL_CUTOFFS:
+        vals = [dg.pool_recall(b, t, n_items, k) for b, t in zip(batches, truths, strict=True)]
+        out[f"recall@{k}"] = _num(np.mean(vals))
+    expo = [dg.exposure_stats(b.items, n_items) for b in batches]
+    for key in expo[0]:
+        out[key] = _num(np.mean([e[key] for e in expo]))
+    counts = np.sum([exposure(b.items, 10, n_items) for b in batches], axis=0)
+    out.update(concentration(counts))
+
+    depth = min(DISCRIMINATION_DEPTH, batches[0].depth)
+    scores = np.vstack([b.scores[:, :depth] for b in batches])
+    hits = np.vstack(
+        [hit_matrix(b.items[:, :depth], t, n_items) for b, t in zip(batches, truths, strict=True)]
+    )
+    hits &= np.vstack([b.items[:, :depth] != PAD for b in batches])
+    disc = _discrimination(scores, hits, n_boot, seed=0)
+    out.update({k: disc[k] for k in ("cohen_d", "cohen_d_ci", "auc")})
+    out["discrimination"] = disc
+    out["fallback_rate"] = _num(np.mean([b.fallback_rate for b in batches]))
+
+    if "llm_score" in batches[0].extras:  # an LLM reranker: position bias and validity
+        raw = np.vstack([b.extras["llm_score"][:, :depth] for b in batches])
+        raw_d = dg.discrimination(raw, hits, n_boot=n_boot)
+        out["llm_score_cohen_d"] = _num(raw_d.cohen_d)
+        out["llm_score_auc"] = _num(raw_d.auc)
+        out["position_corr"] = _num(
+            np.mean([dg.position_correlation(b.extras["input_pos"]) for b in batches])
+        )
+        probes = [r.probes for r in runs if r.probes.get("stage") == name]
+        for key in ("top10_change", "top1_change", "position_corr_shuffled"):
+            out[key] = _num(np.mean([p[key] for p in probes])) if probes else None
+        stats = [r.funnel_result.stats.get(name, {}) for r in runs if r.funnel_result]
+        for key in ("invalid_rate", "invalid_row_rate", "order_agreement"):
+            got = np.array([s.get(key, np.nan) for s in stats], np.float64)
+            out[key] = _num(got[np.isfinite(got)].mean()) if np.isfinite(got).any() else None
+    return out
+
+
+# ---- per pipeline ---------------------------------------------------------------------
+def per_user_seconds(run: RunResult) -> np.ndarray:
+    """Each user's latency: its share of the non-LLM work plus its own LLM compute time
+    (as measured when the answer was computed, so cached reruns report the true cost)."""
+    fr = run.funnel_result
+    assert fr is not None
+    n = run.n_users
+    llm_stages = [s for s in fr.stats if "row_seconds" in fr.stats[s]]
+    llm_wall = sum(fr.timings.get(s, 0.0) for s in llm_stages)
+    base = max(run.timings["run_s"] - llm_wall, 0.0) / max(n, 1)
+    seconds = np.full(n, base)
+    for s in llm_stages:
+        rows = np.asarray(fr.stats[s]["row_seconds"], np.float64)
+        unknown = ~np.isfinite(rows)  # answers cached before compute time was recorded
+        rows[unknown] = fr.timings.get(s, 0.0) / max(n, 1)
+        seconds += rows
+    return seconds
+
+
+def pipeline_report(
+    name: str,
+    runs: list[RunResult],
+    truths: list[list[np.ndarray]],
+    n_items: int,
+    cfg: DiagnoseConfig,
+) -> dict[str, Any]:
+    d = cfg.diagnose
+    metrics = {
+        m: {
+            "mean": _num(np.mean([r.metrics[m] for r in runs])),
+            "std": _num(np.std([r.metrics[m] for r in runs])),
+            "per_seed": [_num(r.metrics[m]) for r in runs],
+        }
+        for m in cfg.metrics
+    }
+    lat = dg.latency_percentiles(np.concatenate([per_user_seconds(r) for r in runs]))
+    per_user = {k: float(np.mean([r.metrics[k] for r in runs])) for k in (
+        "llm_calls_per_user", "prompt_tokens_per_user", "completion_tokens_per_user")}  # fmt: skip
+    cost = {
+        **{k: _num(v) for k, v in lat.items()},
+        **per_user,
+        "cost_per_1000": dg.cost_per_1000(
+            per_user["prompt_tokens_per_user"],
+            per_user["completion_tokens_per_user"],
+            d.price_prompt,
+            d.price_completion,
+        ),
+    }
+    trace = runs[0].funnel_result.trace if runs[0].funnel_result else {}
+    return {
+        "name": name,
+        "metrics": metrics,
+        "cost": cost,
+        "calibration": [r.calibration for r in runs] if runs[0].calibration else None,
+        "stages": {s: stage_report(s, runs, truths, n_items, d.bootstrap) for s in trace},
+    }
+
+
+def comparisons(result: ExperimentResult, cfg: DiagnoseConfig) -> list[dict[str, Any]]:
+    """Paired tests over users (seed × user pairs) and over seed means, Holm-adjusted
+    within each family (all-vs-baseline, or the extra pairs) per metric and unit."""
+    d = cfg.diagnose
+    names = [p.name for p in cfg.pipelines]
+    families: dict[str, list[tuple[str, str]]] = {
+        "baseline": [(n, d.baseline) for n in names if n != d.baseline],
+        "extra": [(a, b) for a, b in d.compare],
+    }
+    out: list[dict[str, Any]] = []
+    for family, pairs in families.items():
+        for metric in d.test_metrics:
+            for over in ("users", "seeds"):
+                rows = []
+                for a, b in pairs:
+                    ra = [r for r in result.results if r.pipeline == a]
+                    rb = [r for r in result.results if r.pipeline == b]
+                    if over == "users":
+                        va = np.concatenate([r.per_user[metric] for r in ra])
+                        vb = np.concatenate([r.per_user[metric] for r in rb])
+                    else:
+                        va = np.array([r.metrics[metric] for r in ra])
+                        vb = np.array([r.metrics[metric] for r in rb])
+                    ok = np.isfinite(va) & np.isfinite(vb)  # e.g. mad of a one-group list
+                    va, vb = va[ok], vb[ok]
+                    t = paired_test(va, vb)
+                    rows.append({"pipeline": a, "reference": b, "family": family,
+                                 "metric": metric, "over": over, "mean": float(va.mean()),
+                                 "reference_mean": float(vb.mean()), **t.to_json()})  # fmt: skip
+                for row, p_adj in zip(rows, holm([r["t_p"] for r in rows]), strict=True):
+                    row["p_value"] = row["t_p"]
+                    row["p_holm"] = p_adj
+                out.extend(rows)
+    return [{k: (_num(v) if isinstance(v, float) else v) for k, v in r.items()} for r in out]
+
+
+# ---- pool-size sweep ------------------------------------------------------------------
+def pool_sweep(
+    cfg: DiagnoseConfig, data: Dataset, on_step: Callable[[str], None] | None = None
+) -> dict[str, Any] | None:
+    """Feed the sweep pipeline's reranker 20, 50, … candidates on the first seed's users:
+    more candidates raise the pool's recall but cost LLM time and dilute its attention."""
+    sweep = cfg.diagnose.sweep
+    if sweep is None:
+        return None
+    from recfunnel.data.splits import make_split
+
+    pipe = next(p for p in cfg.pipelines if p.name == sweep.pipeline)
+    assert isinstance(pipe, PipelineConfig) and pipe.rerank is not None
+    protocol = cfg.protocol.model_dump()
+    seed = cfg.seeds[0]
+    split = make_split(data, protocol.pop("name"), seed, **protocol)
+    m = len(split.test) if sweep.users is None else min(sweep.users, len(split.test))
+    test = EvalSet(split.test.requests[:m], split.test.truth[:m])
+    fitted: dict[str, Any] = {}
+    rows = []
+    for size in sweep.pool_sizes:
+        sized = PipelineConfig.model_validate(
+            {**pipe.model_dump(), "name": f"{pipe.name}@{size}",
+             "pool_size": max(pipe.pool_size, size),
+             "rerank": {**pipe.rerank.model_dump(), "top_n": size}}
+        )  # fmt: skip
+        funnel = Funnel(sized, seed, fitted).fit(split.train, data.catalog)
+        cal = getattr(sized.rerank, "calibration", None)
+        if cal is not None:
+            funnel.calibrate(calibration_set(split.valid, cal.users, seed))
+        res = funnel.run(test.requests, 10)
+        scored = evaluate(res.final.items, test.truth, cfg.diagnose.test_metrics,
+                          data.catalog.n_items)  # fmt: skip
+        stage = funnel.reranker_.stage if funnel.reranker_ else ""
+        seconds = np.asarray(res.stats[stage]["row_seconds"], np.float64)
+        before = res.rerank_input
+        assert before is not None
+        rows.append({
+            "pool": size,
+            **{k: float(v) for k, v in scored.means.items()},
+            "pool_recall": _num(dg.pool_recall(before, test.truth, data.catalog.n_items, size)),
+            "llm_ms_per_user_mean": _num(1000 * np.nanmean(seconds)),
+            **{k: _num(v) for k, v in dg.latency_percentiles(np.nan_to_num(seconds)).items()},
+            "llm_calls_per_user": float(res.stats[stage]["llm_calls_per_user"]),
+            "prompt_tokens_per_user": float(res.stats[stage]["prompt_tokens_per_user"]),
+            "blend": funnel.reranker_.config.blend if funnel.reranker_ else None,  # type: ignore[attr-defined]
+        })  # fmt: skip
+        if on_step:
+            on_step(f"pool sweep {size}")
+    return {"pipeline": pipe.name, "seed": seed, "n_users": m, "rows": rows}
+
+
+# ---- the whole diagnosis --------------------------------------------------------------
+def run_diagnosis(
+    cfg: DiagnoseConfig,
+    *,
+    dataset: Dataset | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Everything ``recfunnel diagnose`` writes to diagnosis.json."""
+    data = dataset if dataset is not None else load_experiment_data(cfg)
+    truths: dict[int, list[np.ndarray]] = {}
+    probe = position_probe(cfg.diagnose.position_users)
+
+    def keep_truth(funnel: Funnel, split: Split, out: FunnelResult) -> dict[str, Any]:
+        truths[split.seed] = split.test.truth
+        return probe(funnel, split, out)
+
+    result = run_experiment(cfg, dataset=data, keep_traces=True, on_step=on_step, probe=keep_truth)
+    n_items = data.catalog.n_items
+    pipelines = []
+    for pipe in cfg.pipelines:
+        runs = [r for r in result.results if r.pipeline == pipe.name]
+        seed_truths = [truths[r.seed] for r in runs]
+        pipelines.append(pipeline_report(pipe.name, runs, seed_truths, n_items, cfg))
+    d = cfg.diagnose
+    return {
+        "schema": SCHEMA_ID,
+        "recfunnel_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dataset": result.dataset,
+        "protocol": result.protocol,
+        "protocol_params": result.protocol_params,
+        "seeds": result.seeds,
+        "n_users": [r.n_users for r in result.results if r.pipeline == cfg.pipelines[0].name],
+        "n_items": n_items,
+        "baseline": d.baseline,
+        "prices": {"prompt_per_1m": d.price_prompt, "completion_per_1m": d.price_completion},
+        "metrics": cfg.metrics,
+        "test_metrics": d.test_metrics,
+        "pipelines": pipelines,
+        "comparisons": comparisons(result, cfg),
+        "mitigations": {"pool_sweep": pool_sweep(cfg, data, on_step)},
+    }

@@ -1,0 +1,1 @@
+"""Learned ranking stages between retrieval and the LLM reranker."""

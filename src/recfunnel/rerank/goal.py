@@ -1,0 +1,227 @@
+"""LLM4Rerank's goal-driven graph reranker, with the LLM call made real.
+
+The walk starts at the accuracy node. At each aspect node (accuracy, diversity, fairness)
+the LLM sees the user, up to 5 history items, the candidates with their ranker scores and
+attributes, the history pool of earlier results and the user's goal sentence, and answers
+with a full ranking and the next node. ``backward`` undoes the last result and returns to
+the node before it; ``stop`` ends the walk; ``max_visits`` forces a stop. An invalid answer
+is re-asked once with its specific errors, then the node is skipped and the walk stops.
+Every step is kept (``traces_``) and counted (``stats``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfunnel.llm.base import LLM, LLMConfig, Message, Usage
+from recfunnel.llm.parse import parse_goal_answer
+from recfunnel.llm.prompts import GOAL_NODES, PromptStyle, goal_prompt
+from recfunnel.rerank.aspects import relevance, year_groups
+from recfunnel.rerank.base import Reranker
+from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request
+
+GOALS = {
+    "accuracy": "Recommend what the user will enjoy most.",
+    "accuracy+diversity": "Mostly accuracy, but show me different genres near the top.",
+    "accuracy+fairness": "Mostly accuracy, but give older and newer titles a fair share "
+    "of the top positions.",
+}
+"""The three goals of the LLM4Rerank comparison, by name (``goal`` may also be any text)."""
+
+
+class GoalConfig(BaseModel):
+    """A goal-driven graph reranking stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["goal"] = "goal"
+    goal: str = Field("accuracy", description="a name in GOALS or the goal sentence itself")
+    top_n: int = Field(20, ge=2, description="Candidates from the previous stage to rerank.")
+    max_visits: int = Field(5, ge=1, description="nodes visited before a forced stop")
+    history_items: int = Field(5, ge=0)
+    title_chars: int = Field(40, ge=8)
+    split_year: int = Field(1996, description="fairness groups: before / from this year")
+    noun: str = "item"
+    batch_size: int = Field(16, ge=1, description="walks advanced together (one LLM batch)")
+    seed: int = 0
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+    @property
+    def goal_text(self) -> str:
+        return GOALS.get(self.goal, self.goal)
+
+
+@dataclass
+class Walk:
+    """One request's walk through the graph."""
+
+    n: int
+    current: list[int]
+    node: str = "accuracy"
+    results: list[tuple[str, list[int]]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    visits: int = 0
+    done: bool = False
+    forced: bool = False
+
+
+class GoalReranker(Reranker):
+    kind = "goal"
+
+    def __init__(self, config: GoalConfig, llm: LLM) -> None:
+        self.config = config
+        self.llm = llm
+        self.style = PromptStyle(
+            noun=config.noun, history_items=config.history_items, title_chars=config.title_chars
+        )
+        self.traces_: list[list[dict[str, Any]]] = []
+        self._stats: dict[str, Any] = {}
+
+    def fit(self, train: Interactions, catalog: Catalog) -> Self:
+        self.catalog_ = catalog
+        self.groups_ = year_groups(catalog, self.config.split_year)
+        return self
+
+    def _group_names(self, items: np.ndarray) -> list[str]:
+        y = self.config.split_year
+        return [f"from {y}" if g else f"before {y}" for g in self.groups_[items]]
+
+    def _prompt(self, req: Request, items: np.ndarray, rel: np.ndarray, w: Walk) -> list[Message]:
+        return goal_prompt(
+            self.catalog_, req.history, items.tolist(), w.current, rel.tolist(),
+            self._group_names(items), w.results, w.node, self.config.goal_text, self.style,
+        )  # fmt: skip
+
+    def _advance(self, walks: list[Walk]) -> None:
+        """Move every walk sitting on backward/stop (no LLM call) or out of visits."""
+        for w in walks:
+            while not w.done:
+                if w.visits >= self.config.max_visits:
+                    w.done, w.forced = True, w.node != "stop"
+                elif w.node == "stop":
+                    w.done = True
+                elif w.node == "backward":
+                    w.visits += 1
+                    w.steps.append({"node": "backward", "undone": bool(w.results)})
+                    if w.results:
+                        w.results.pop()
+                    w.current = list(w.results[-1][1]) if w.results else list(range(w.n))
+                    w.node = w.results[-1][0] if w.results else "accuracy"
+                else:
+                    break
+
+    def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
+        before = self.llm.usage.copy()
+        rows = [np.flatnonzero(head.items[r] != PAD) for r in range(len(head))]
+        walks = [Walk(len(v), list(range(len(v)))) for v in rows]
+        rels = [relevance(head.scores[r, v]) for r, v in enumerate(rows)]
+        for w in walks:
+            w.done = w.n == 0
+        answers = invalid = skipped = 0
+        while True:
+            self._advance(walks)
+            active = [r for r, w in enumerate(walks) if not w.done]
+            if not active:
+                break
+            for lo in range(0, len(active), self.config.batch_size):
+                chunk = active[lo : lo + self.config.batch_size]
+                prompts = [
+                    self._prompt(requests[r], head.items[r, rows[r]], rels[r], walks[r])
+                    for r in chunk
+                ]
+                got = self.llm.complete_many(prompts, max_tokens=self._max_tokens(walks, chunk))
+                retry: list[tuple[int, list[Message]]] = []
+                for r, msgs, ans in zip(chunk, prompts, got, strict=True):
+                    parsed = parse_goal_answer(ans.text, walks[r].n, GOAL_NODES)
+                    answers += 1
+                    if parsed.errors:
+                        invalid += 1
+                        walks[r].steps.append({"node": walks[r].node, "answer": ans.text,
+                                               "errors": parsed.errors})  # fmt: skip
+                        fix = (f"Your answer was invalid: {'; '.join(parsed.errors)}. Answer "
+                               f"again in exactly the two-line format.")  # fmt: skip
+                        retry.append((r, [*msgs, {"role": "assistant", "content": ans.text},
+                                          {"role": "user", "content": fix}]))  # fmt: skip
+                    else:
+                        self._apply(walks[r], parsed.order, parsed.next_node, ans.text, False)
+                if retry:
+                    again = self.llm.complete_many(
+                        [m for _, m in retry], max_tokens=self._max_tokens(walks, chunk)
+                    )
+                    for (r, _), ans in zip(retry, again, strict=True):
+                        parsed = parse_goal_answer(ans.text, walks[r].n, GOAL_NODES)
+                        answers += 1
+                        if parsed.errors:
+                            invalid += 1
+                            skipped += 1
+                            w = walks[r]
+                            w.steps.append({"node": w.node, "answer": ans.text,
+                                            "errors": parsed.errors, "skipped": True})  # fmt: skip
+                            w.visits += 1
+                            w.node = "stop"
+                        else:
+                            self._apply(walks[r], parsed.order, parsed.next_node, ans.text, True)
+        return self._finish(head, rows, walks, before, answers, invalid, skipped)
+
+    def _max_tokens(self, walks: list[Walk], chunk: list[int]) -> int:
+        return 4 * max(walks[r].n for r in chunk) + 24
+
+    def _apply(self, w: Walk, order: list[int] | None, nxt: str | None, text: str,
+               reasked: bool) -> None:  # fmt: skip
+        assert order is not None and nxt is not None
+        w.visits += 1
+        w.results.append((w.node, order))
+        w.current = list(order)
+        w.steps.append({"node": w.node, "answer": text, "result": order, "next": nxt,
+                        "reasked": reasked})  # fmt: skip
+        w.node = nxt
+
+    def _finish(
+        self,
+        head: CandidateBatch,
+        rows: list[np.ndarray],
+        walks: list[Walk],
+        before: Usage,
+        answers: int,
+        invalid: int,
+        skipped: int,
+    ) -> CandidateBatch:
+        items, scores = head.items.copy(), head.scores.copy()
+        pos = np.where(head.items != PAD, np.arange(head.depth)[None, :], -1)
+        fallback = np.zeros(len(head), dtype=bool)
+        for r, (v, w) in enumerate(zip(rows, walks, strict=True)):
+            if not w.results:  # nothing valid came back: the ranker's order stands
+                fallback[r] = w.n > 0
+                continue
+            order = np.array(w.current)
+            items[r, v] = head.items[r, v][order]
+            scores[r, v] = -np.arange(len(order), dtype=np.float64)
+            pos[r, v] = order
+        self.traces_ = [w.steps for w in walks]
+        used = self.llm.usage.since(before)
+        n = max(len(head), 1)
+        self._stats = {
+            "llm_calls": used.calls,
+            "prompt_tokens": used.prompt_tokens,
+            "completion_tokens": used.completion_tokens,
+            "llm_calls_per_user": used.calls / n,
+            "prompt_tokens_per_user": used.prompt_tokens / n,
+            "completion_tokens_per_user": used.completion_tokens / n,
+            "invalid_rate": invalid / answers if answers else 0.0,
+            "skipped_rate": skipped / answers if answers else 0.0,
+            "fallback_rate": float(fallback.mean()) if len(head) else 0.0,
+            "forced_stop_rate": float(np.mean([w.forced for w in walks])) if walks else 0.0,
+            "visits_per_user": float(np.mean([w.visits for w in walks])) if walks else 0.0,
+        }
+        for node in GOAL_NODES[:3]:
+            self._stats[f"visits_{node}"] = (
+                sum(1 for w in walks for s in w.steps if s["node"] == node and "result" in s) / n
+            )
+        return CandidateBatch(items, scores, self.stage, fallback, extras={"input_pos": pos})
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)

@@ -1,0 +1,98 @@
+"""The learned ranker: features line up, it learns, and it never learns from test targets."""
+
+import numpy as np
+import pytest
+
+from recfunnel.config import PipelineConfig
+from recfunnel.data import load_dataset
+from recfunnel.data.splits import leave_last_out
+from recfunnel.errors import ConfigError
+from recfunnel.evaluate.metrics import evaluate
+from recfunnel.funnel import Funnel
+from recfunnel.rank.ltr import LeakageError, LTRConfig
+from recfunnel.retrieve.cf import CFConfig
+from recfunnel.retrieve.content import ContentConfig
+from recfunnel.retrieve.popularity import PopularityConfig
+from recfunnel.types import EvalSet
+
+HYBRID = [CFConfig(), ContentConfig(), PopularityConfig()]
+
+
+@pytest.fixture(scope="module")
+def setup(shared_data):
+    data = load_dataset("ml-latest-small", shared_data)
+    return data, leave_last_out(data, seed=0)
+
+
+def pipeline(**rank):
+    return PipelineConfig(name="hybrid+ltr", retrievers=HYBRID, pool_size=200,
+                          rank=LTRConfig(top_n=50, n_estimators=100, **rank))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fitted(setup):
+    data, split = setup
+    f = Funnel(pipeline(), seed=0).fit(split.train, data.catalog)
+    f.fit_ranker(split.valid, forbidden=split.test)
+    return f
+
+
+def test_features_are_aligned_with_candidates(fitted, setup):
+    _, split = setup
+    reqs = split.test.requests[:5]
+    trace, _, fused = fitted._retrieve(reqs, 200)
+    pools = {n: trace[n] for n, _ in fitted.retrievers_}
+    head = fitted._head(fused)
+    x = fitted.ranker_.features(reqs, head, pools)
+    names = fitted.ranker_.feature_names(list(pools))
+    assert x.shape == (5, 50, len(names))
+    col = {n: i for i, n in enumerate(names)}
+    # the popularity pool's rank of a candidate is where that pool listed it
+    pop = trace["retrieve:popularity"]
+    item = head.items[0, 3]
+    where = np.flatnonzero(pop.items[0] == item)
+    expected = where[0] if len(where) else pop.depth
+    assert x[0, 3, col["retrieve:popularity:rank"]] == expected
+    assert x[0, 3, col["history_len"]] == len(reqs[0].history)
+    counts = split.train.item_counts()
+    assert x[0, 3, col["log_popularity"]] == pytest.approx(np.log1p(counts[item]))
+    assert (x[..., col["genre_overlap"]] >= 0).all() and (x[..., col["genre_overlap"]] <= 1).all()
+
+
+def test_ranker_learns_and_exposes_importances(fitted, setup):
+    data, split = setup
+    res = fitted.run(split.test.requests, 50)
+    ranked, fused = res.final.items, res.trace["fuse:rrf"].items
+    for a, b in zip(ranked[:, :50], fused[:, :50], strict=True):
+        assert sorted(a.tolist()) == sorted(b.tolist())  # reorders its head, loses nothing
+    imp = fitted.ranker_info_["importance"]
+    assert sum(imp.values()) == pytest.approx(1.0) and max(imp.values()) < 1.0
+    assert fitted.ranker_info_["train_users"] > 100
+    n = data.catalog.n_items
+    m = ["ndcg@10"]
+    ltr = evaluate(ranked, split.test.truth, m, n).means["ndcg@10"]
+    rrf = evaluate(fused[:, :50], split.test.truth, m, n).means["ndcg@10"]
+    assert ltr > rrf  # learned on validation targets, it beats the fused order on test
+
+
+def test_a_planted_leak_fails(setup):
+    """Training the ranker on the test targets (a leak) is refused, naming the user."""
+    data, split = setup
+    f = Funnel(pipeline(), seed=0).fit(split.train, data.catalog)
+    with pytest.raises(LeakageError, match="test targets"):
+        f.fit_ranker(split.test, forbidden=split.test)
+
+
+def test_validation_and_test_labels_never_overlap(setup):
+    _, split = setup
+    for v, t in zip(split.valid.truth, split.test.truth, strict=True):
+        assert not set(v.tolist()) & set(t.tolist())
+
+
+def test_ranker_needs_training(setup):
+    data, split = setup
+    f = Funnel(pipeline(), seed=0).fit(split.train, data.catalog)
+    with pytest.raises(RuntimeError, match="fit_ranker"):
+        f.run(split.test.requests[:2], 10)
+    with pytest.raises(ConfigError, match="validation"):
+        f.fit_ranker(EvalSet([], []))

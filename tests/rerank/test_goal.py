@@ -1,0 +1,120 @@
+"""The goal-driven graph walker with a scripted model: node order, history pool, goal,
+visit limit, backward, and invalid answers re-asked once then skipped (and counted).
+The real bundled model walks the graph in tests/integration/test_rerank_real.py."""
+
+import re
+
+import numpy as np
+import pytest
+
+from recfunnel.llm.parse import parse_goal_answer
+from recfunnel.llm.prompts import GOAL_NODES
+from recfunnel.rerank.goal import GoalConfig, GoalReranker
+from recfunnel.types import CandidateBatch, Catalog, Request
+from scripted import ScriptedLLM
+
+CAT = Catalog.build(list(range(12)), [f"Movie {i}" for i in range(12)],
+                    genres=[("Drama",)] * 6 + [("Comedy",)] * 6,
+                    years=[1980] * 6 + [2005] * 6)  # fmt: skip
+N = 6
+
+
+def head(rows=2):
+    items = np.array([[0, 1, 2, 6, 7, 8]] * rows)
+    return CandidateBatch(items, -np.arange(N, dtype=float)[None].repeat(rows, 0), "mf")
+
+
+def walker(script, **kw):
+    llm = ScriptedLLM(text=script)
+    r = GoalReranker(GoalConfig(**kw), llm).fit(None, CAT)
+    return r, llm
+
+
+def focus(prompt):
+    return re.search(r"Now focus on (\w+)", prompt).group(1)
+
+
+def user_turns(prompt):
+    return prompt.count("Your answer was invalid")
+
+
+REQS = [Request(0, np.array([3, 4])), Request(1, np.array([9]))]
+
+
+def test_walk_follows_next_nodes_and_keeps_the_history_pool():
+    def script(p):
+        if focus(p) == "accuracy":
+            return "Ranking: 1, 2, 3, 4, 5, 6\nNext: diversity"
+        assert "Focus: accuracy. Result: [1, 2, 3, 4, 5, 6]" in p  # the history pool
+        return "Ranking: 1, 4, 2, 5, 3, 6\nNext: stop"
+
+    r, llm = walker(script, goal="accuracy+diversity")
+    out = r.rerank(REQS, head())
+    assert out.items[0].tolist() == [0, 6, 1, 7, 2, 8]
+    assert [s["node"] for s in r.traces_[0]] == ["accuracy", "diversity"]
+    assert "different genres" in llm.prompts[0]  # the goal sentence is in every prompt
+    assert len(llm.prompts) == 4 and r.stats()["visits_per_user"] == 2
+    assert r.stats()["invalid_rate"] == 0 and not out.fallback.any()
+
+
+def test_visit_limit_forces_a_stop():
+    r, llm = walker(lambda p: "Ranking: 6, 5, 4, 3, 2, 1\nNext: fairness", max_visits=3)
+    out = r.rerank(REQS, head())
+    assert len(llm.prompts) == 2 * 3
+    assert r.stats()["forced_stop_rate"] == 1.0
+    assert out.items[0].tolist() == [8, 7, 6, 2, 1, 0]
+
+
+def test_backward_undoes_the_last_result():
+    def script(p):
+        pool = p.count("Focus: ")
+        if pool == 0:
+            return "Ranking: 2, 1, 3, 4, 5, 6\nNext: diversity"
+        if focus(p) == "diversity":
+            return "Ranking: 6, 5, 4, 3, 2, 1\nNext: backward"
+        return "Ranking: 2, 1, 3, 4, 5, 6\nNext: stop"
+
+    r, _ = walker(script)
+    out = r.rerank(REQS, head())
+    nodes = [s["node"] for s in r.traces_[0]]
+    assert nodes == ["accuracy", "diversity", "backward", "accuracy"]
+    assert out.items[0].tolist() == [1, 0, 2, 6, 7, 8]
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ("Ranking: 1, 2, 3, 4, 5, 9\nNext: stop", "unknown id"),
+        ("Ranking: 1, 2, 3, 4, 5\nNext: stop", "missing id"),
+        ("Ranking: 1, 2, 3, 4, 5, 6, 6\nNext: stop", "7 ids instead of 6"),
+        ("Ranking: 1, 2, 3, 4, 5, 6\nNext: novelty", "unknown next node"),
+        ("I think the user likes movie 3.", "no 'Ranking:' line"),
+    ],
+)
+def test_invalid_answer_is_reasked_once_with_the_specific_error(bad, error):
+    def script(p):
+        return "Ranking: 3, 2, 1, 4, 5, 6\nNext: stop" if user_turns(p) else bad
+
+    r, llm = walker(script)
+    out = r.rerank(REQS, head())
+    assert error in llm.prompts[-1]  # the re-ask names what was wrong
+    assert out.items[0].tolist() == [2, 1, 0, 6, 7, 8]
+    assert r.traces_[0][-1]["reasked"] is True
+    assert r.stats()["invalid_rate"] == 0.5 and r.stats()["skipped_rate"] == 0
+
+
+def test_twice_invalid_node_is_skipped_and_the_input_order_kept():
+    r, llm = walker(lambda p: "Ranking: 1, 1, 1\nNext: maybe")
+    out = r.rerank(REQS, head())
+    assert len(llm.prompts) == 2 * 2  # one ask + one re-ask per user, then the node is skipped
+    assert out.items.tolist() == head().items.tolist()
+    assert out.fallback.all()
+    s = r.stats()
+    assert s["invalid_rate"] == 1.0 and s["skipped_rate"] == 0.5 and s["fallback_rate"] == 1.0
+    assert r.traces_[0][-1]["skipped"] is True
+
+
+def test_parser_accepts_only_full_rankings_and_known_nodes():
+    ok = parse_goal_answer("ranking: 2,1,3\nnext: Fairness", 3, GOAL_NODES)
+    assert ok.order == [1, 0, 2] and ok.next_node == "fairness" and not ok.errors
+    assert parse_goal_answer("Ranking: 2, 2, 3\nNext: stop", 3, GOAL_NODES).order is None
