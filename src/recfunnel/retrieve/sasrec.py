@@ -139,7 +139,10 @@ class SASRecRetriever(Retriever):
         self.token_ = np.zeros(catalog.n_items, dtype=np.int64)
         self.token_[self.vocab_] = np.arange(1, len(self.vocab_) + 1)
         threads = torch.get_num_threads()
+        deterministic = torch.are_deterministic_algorithms_enabled()
         torch.set_num_threads(c.threads)
+        # multi-threaded CPU kernels (embedding backward) otherwise add in varying order
+        torch.use_deterministic_algorithms(True, warn_only=True)
         try:
             torch.manual_seed(c.seed)
             self.model_ = build_model(len(self.vocab_), c)
@@ -148,6 +151,7 @@ class SASRecRetriever(Retriever):
             self.losses_ = self._train(rows) if len(rows) else []
         finally:
             torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
         return self
 
     def _train(self, rows) -> list[float]:  # type: ignore[no-untyped-def]
