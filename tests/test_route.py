@@ -114,3 +114,27 @@ def test_eval_cli_prints_buckets_and_plots(shared_data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "by history length" in res.output and "51+" in res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_json_is_strict_when_a_bucket_is_empty(shared_data, tmp_path):
+    """Leave-last-out users all have long histories: the short buckets are empty, and
+    their undefined means must be null in the JSON, not NaN (which JSON does not have)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from recfunnel.cli import app
+
+    out = tmp_path / "r.json"
+    args = ["eval", "--dataset", "ml-latest-small", "--data-dir", str(shared_data),
+            "--protocol", "leave-last-out", "--pipelines", "popularity", "--users", "20",
+            "--seeds", "1", "--metrics", "ndcg@10", "--json", str(out), "--quiet"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the results JSON")
+
+    got = json.loads(out.read_text(), parse_constant=refuse)
+    empty = got["by_history"]["buckets"]["popularity"]["0–5"]
+    assert empty["n"] == 0 and empty["ndcg@10"] is None

@@ -264,7 +264,7 @@ def eval_cmd(
         plot.parent.mkdir(parents=True, exist_ok=True)
         plot.write_bytes(plot_buckets(result.by_history()))
     if json_out:
-        payload = json.dumps(result.to_json(), indent=2)
+        payload = json.dumps(result.to_json(), indent=2, allow_nan=False)
         if json_out == "-":
             sys.stdout.write(payload + "\n")
         else:

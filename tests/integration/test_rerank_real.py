@@ -125,7 +125,10 @@ def test_goal_graph_walks_on_the_real_model(setup):
     traces = f.reranker_.traces_
     assert len(traces) == len(split.test) and all(len(t) >= 1 for t in traces)
     asked = sum(1 for t in traces for step in t if "answer" in step)
-    assert s["llm_calls"] == asked  # one call per traced answer (asks and re-asks)
+    continued = sum(1 for t in traces for step in t if step.get("continued"))
+    # one call per traced answer (asks and re-asks), one more per answer continued at "Next:"
+    assert s["llm_calls"] == asked + continued
+    assert s["continued_rate"] == pytest.approx(continued / asked)
     invalid = sum(1 for t in traces for step in t if step.get("errors"))
     assert s["invalid_rate"] == pytest.approx(invalid / asked)
     # rows whose walk produced nothing valid keep the ranker's order, flagged

@@ -96,3 +96,19 @@ def test_ranker_needs_training(setup):
         f.run(split.test.requests[:2], 10)
     with pytest.raises(ConfigError, match="validation"):
         f.fit_ranker(EvalSet([], []))
+
+
+def test_early_stopping_trains_fewer_trees_on_held_out_validation_users(setup):
+    """With ``holdout`` a share of validation users picks the number of trees; the model is
+    then refit on every validation user with that many trees, deterministically."""
+    data, split = setup
+    cfg = pipeline(holdout=0.3, patience=5)
+    runs = []
+    for _ in range(2):
+        f = Funnel(cfg, seed=0).fit(split.train, data.catalog)
+        f.fit_ranker(split.valid, forbidden=split.test)
+        runs.append(f)
+    trees = runs[0].ranker_info_["trees"]
+    assert 1 <= trees < 100 and runs[1].ranker_info_["trees"] == trees
+    assert runs[0].ranker_.model_.n_estimators == trees
+    assert runs[0].ranker_info_["train_users"] > 100  # refit on all, not on the 70%

@@ -88,7 +88,7 @@ def test_backward_undoes_the_last_result():
         ("Ranking: 1, 2, 3, 4, 5\nNext: stop", "missing id"),
         ("Ranking: 1, 2, 3, 4, 5, 6, 6\nNext: stop", "7 ids instead of 6"),
         ("Ranking: 1, 2, 3, 4, 5, 6\nNext: novelty", "unknown next node"),
-        ("I think the user likes movie 3.", "no 'Ranking:' line"),
+        ("I think the user likes movie 3.", "missing id"),  # read after the prefill
     ],
 )
 def test_invalid_answer_is_reasked_once_with_the_specific_error(bad, error):
@@ -112,6 +112,32 @@ def test_twice_invalid_node_is_skipped_and_the_input_order_kept():
     s = r.stats()
     assert s["invalid_rate"] == 1.0 and s["skipped_rate"] == 0.5 and s["fallback_rate"] == 1.0
     assert r.traces_[0][-1]["skipped"] is True
+
+
+def test_answer_cut_after_its_ranking_gets_the_models_most_likely_node():
+    """Small models close the list and ramble: the walker continues from "Next:" and takes
+    the node the model scores highest, so the walk goes on instead of being re-asked."""
+
+    def logprobs(p, options):
+        assert p.rstrip().endswith("Ranking: [3, 2, 1, 4, 5, 6]\nNext:")
+        assert list(options) == [f" {n}" for n in GOAL_NODES]
+        return np.array([-3.0, -2.0, -0.1, -4.0, -5.0])  # fairness
+
+    def script(p):
+        if "Focus: accuracy" in p:
+            return "Ranking: 1, 2, 3, 4, 5, 6\nNext: stop"
+        return "3, 2, 1, 4, 5, 6]\n\nThe user will like these."  # continues "Ranking: ["
+
+    llm = ScriptedLLM(text=script, logprobs=logprobs)
+    r = GoalReranker(GoalConfig(), llm).fit(None, CAT)
+    r.rerank(REQS, head())
+    step = r.traces_[0][0]
+    assert step["answer"] == "Ranking: [3, 2, 1, 4, 5, 6]\nNext: fairness"
+    assert step["next"] == "fairness" and not step["reasked"]
+    assert [s["node"] for s in r.traces_[0]] == ["accuracy", "fairness"]
+    assert r.stats()["invalid_rate"] == 0 and r.stats()["continued_rate"] == 0.5
+    assert step["continued"] and not r.traces_[0][1]["continued"]
+    assert llm.prompts[0].rstrip().endswith("Ranking: [")  # the prefill opens every answer
 
 
 def test_parser_accepts_only_full_rankings_and_known_nodes():

@@ -7,6 +7,7 @@ per-stage pool recall is read from each funnel's trace, never recomputed elsewhe
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,17 @@ class RunResult:
         return d
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, recursively."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
 @dataclass
 class ExperimentResult:
     dataset: str
@@ -66,14 +78,15 @@ class ExperimentResult:
     results: list[RunResult]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """Strict JSON: an undefined figure (an empty bucket, a NaN metric) is null."""
+        return json_safe({
             "dataset": self.dataset,
             "protocol": self.protocol,
             "protocol_params": self.protocol_params,
             "seeds": self.seeds,
             "results": [r.to_json() for r in self.results],
             "by_history": self.by_history(),
-        }
+        })  # fmt: skip
 
     def by_history(self) -> dict[str, Any]:
         """Per pipeline and history-length bucket: each per-user metric's mean over all

@@ -162,6 +162,11 @@ ASPECT_TASKS = {
 }
 
 
+GOAL_PREFILL = "Ranking: ["
+"""The opening of every goal-node answer, written for the model: small models otherwise
+echo the format instructions instead of filling them in."""
+
+
 def goal_prompt(
     catalog: Catalog,
     history: np.ndarray,
@@ -190,12 +195,16 @@ def goal_prompt(
         + "\n".join(lines)
         + f"\n\nEarlier steps:\n{pool or 'none yet'}\n\n"
         f"Now focus on {aspect}: {ASPECT_TASKS[aspect]}.\n"
-        f"Answer in exactly two lines:\n"
-        f"Ranking: all {n} ids, best first, separated by commas\n"
-        f"Next: one of {', '.join(GOAL_NODES)} (the aspect the goal needs next, or stop)"
+        f"Answer in exactly two lines: the {n} ids in your order, then the aspect the goal "
+        f"needs next ({', '.join(GOAL_NODES)}), in this form:\n"
+        f"Ranking: [id, id, ...]\nNext: aspect"
     )
     system = (
         f"You rerank {style.noun}s for a user toward a goal, one aspect at a time. "
         f"You answer in exactly two lines."
     )
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": GOAL_PREFILL},  # the answer starts on its format
+    ]

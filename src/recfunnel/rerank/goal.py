@@ -11,6 +11,7 @@ Every step is kept (``traces_``) and counted (``stats``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -19,8 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from recfunnel.llm.base import LLM, LLMConfig, Message, Usage
-from recfunnel.llm.parse import parse_goal_answer
-from recfunnel.llm.prompts import GOAL_NODES, PromptStyle, goal_prompt
+from recfunnel.llm.parse import GoalAnswer, parse_goal_answer
+from recfunnel.llm.prompts import GOAL_NODES, GOAL_PREFILL, PromptStyle, goal_prompt
 from recfunnel.rerank.aspects import relevance, year_groups
 from recfunnel.rerank.base import Reranker
 from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request
@@ -32,6 +33,22 @@ GOALS = {
     "of the top positions.",
 }
 """The three goals of the LLM4Rerank comparison, by name (``goal`` may also be any text)."""
+
+
+def _answer(text: str) -> str:
+    """The whole answer: the prompt opened it with ``GOAL_PREFILL`` (a server that ignores
+    the open assistant turn may repeat it)."""
+    return text if _RANKING_START.match(text) else GOAL_PREFILL + text
+
+
+_RANKING_START = re.compile(r"\s*ranking\s*:", re.IGNORECASE)
+_ONLY_NEXT_MISSING = ["no 'Next:' line"]
+
+
+def _ranking_line(text: str) -> str:
+    """The answer's first line, its list closed if the model stopped inside it."""
+    line = text.strip().split("\n")[0].rstrip()
+    return line + "]" if "[" in line and "]" not in line else line
 
 
 class GoalConfig(BaseModel):
@@ -133,52 +150,65 @@ class GoalReranker(Reranker):
                     self._prompt(requests[r], head.items[r, rows[r]], rels[r], walks[r])
                     for r in chunk
                 ]
-                got = self.llm.complete_many(prompts, max_tokens=self._max_tokens(walks, chunk))
+                got = self._ask(prompts, [walks[r].n for r in chunk])
                 retry: list[tuple[int, list[Message]]] = []
-                for r, msgs, ans in zip(chunk, prompts, got, strict=True):
-                    parsed = parse_goal_answer(ans.text, walks[r].n, GOAL_NODES)
+                for r, msgs, (text, cont) in zip(chunk, prompts, got, strict=True):
+                    parsed = parse_goal_answer(text, walks[r].n, GOAL_NODES)
                     answers += 1
                     if parsed.errors:
                         invalid += 1
-                        walks[r].steps.append({"node": walks[r].node, "answer": ans.text,
+                        walks[r].steps.append({"node": walks[r].node, "answer": text,
                                                "errors": parsed.errors})  # fmt: skip
                         fix = (f"Your answer was invalid: {'; '.join(parsed.errors)}. Answer "
                                f"again in exactly the two-line format.")  # fmt: skip
-                        retry.append((r, [*msgs, {"role": "assistant", "content": ans.text},
-                                          {"role": "user", "content": fix}]))  # fmt: skip
+                        retry.append((r, [*msgs[:-1], {"role": "assistant", "content": text},
+                                          {"role": "user", "content": fix}, msgs[-1]]))  # fmt: skip
                     else:
-                        self._apply(walks[r], parsed.order, parsed.next_node, ans.text, False)
+                        self._apply(walks[r], parsed, text, reasked=False, continued=cont)
                 if retry:
-                    again = self.llm.complete_many(
-                        [m for _, m in retry], max_tokens=self._max_tokens(walks, chunk)
-                    )
-                    for (r, _), ans in zip(retry, again, strict=True):
-                        parsed = parse_goal_answer(ans.text, walks[r].n, GOAL_NODES)
+                    again = self._ask([m for _, m in retry], [walks[r].n for r, _ in retry])
+                    for (r, _), (text, cont) in zip(retry, again, strict=True):
+                        parsed = parse_goal_answer(text, walks[r].n, GOAL_NODES)
                         answers += 1
                         if parsed.errors:
                             invalid += 1
                             skipped += 1
                             w = walks[r]
-                            w.steps.append({"node": w.node, "answer": ans.text,
+                            w.steps.append({"node": w.node, "answer": text,
                                             "errors": parsed.errors, "skipped": True})  # fmt: skip
                             w.visits += 1
                             w.node = "stop"
                         else:
-                            self._apply(walks[r], parsed.order, parsed.next_node, ans.text, True)
+                            self._apply(walks[r], parsed, text, reasked=True, continued=cont)
         return self._finish(head, rows, walks, before, answers, invalid, skipped)
 
-    def _max_tokens(self, walks: list[Walk], chunk: list[int]) -> int:
-        return 4 * max(walks[r].n for r in chunk) + 24
+    def _ask(self, prompts: list[list[Message]], sizes: list[int]) -> list[tuple[str, bool]]:
+        """Whole answers. One that stops after its ranking line (small models close the list
+        and ramble on) is continued from "Next:" with the node the model itself scores most
+        likely among the graph's nodes (one forward pass, so never an unknown node). Each
+        answer comes with whether it was continued (an extra call)."""
+        got = self.llm.complete_many(prompts, max_tokens=4 * max(sizes) + 24, stop=["\n\n"])
+        texts = [_answer(a.text) for a in got]
+        cut = [i for i, (t, n) in enumerate(zip(texts, sizes, strict=True))
+               if parse_goal_answer(t, n, GOAL_NODES).errors == _ONLY_NEXT_MISSING]  # fmt: skip
+        if cut:
+            more = [[*prompts[i][:-1], {"role": "assistant", "content": _ranking_line(texts[i])
+                                        + "\nNext:"}] for i in cut]  # fmt: skip
+            options = [f" {node}" for node in GOAL_NODES]
+            for i, sc in zip(cut, self.llm.option_logprobs_many(more, options), strict=True):
+                texts[i] = f"{_ranking_line(texts[i])}\nNext: {GOAL_NODES[sc.logprobs.argmax()]}"
+        return [(t, i in cut) for i, t in enumerate(texts)]
 
-    def _apply(self, w: Walk, order: list[int] | None, nxt: str | None, text: str,
-               reasked: bool) -> None:  # fmt: skip
-        assert order is not None and nxt is not None
+    def _apply(self, w: Walk, parsed: GoalAnswer, text: str, reasked: bool,
+               continued: bool) -> None:  # fmt: skip
+        assert parsed.order is not None and parsed.next_node is not None
         w.visits += 1
-        w.results.append((w.node, order))
-        w.current = list(order)
-        w.steps.append({"node": w.node, "answer": text, "result": order, "next": nxt,
-                        "reasked": reasked})  # fmt: skip
-        w.node = nxt
+        w.results.append((w.node, parsed.order))
+        w.current = list(parsed.order)
+        w.steps.append({"node": w.node, "answer": text, "result": parsed.order,
+                        "next": parsed.next_node, "reasked": reasked,
+                        "continued": continued})  # fmt: skip
+        w.node = parsed.next_node
 
     def _finish(
         self,
@@ -213,6 +243,8 @@ class GoalReranker(Reranker):
             "completion_tokens_per_user": used.completion_tokens / n,
             "invalid_rate": invalid / answers if answers else 0.0,
             "skipped_rate": skipped / answers if answers else 0.0,
+            "continued_rate": sum(s.get("continued", False) for w in walks for s in w.steps)
+            / max(answers, 1),
             "fallback_rate": float(fallback.mean()) if len(head) else 0.0,
             "forced_stop_rate": float(np.mean([w.forced for w in walks])) if walks else 0.0,
             "visits_per_user": float(np.mean([w.visits for w in walks])) if walks else 0.0,

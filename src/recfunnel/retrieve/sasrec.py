@@ -35,7 +35,7 @@ class SASRecConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     negatives: int | None = Field(
-        256,
+        None,
         ge=1,
         description="sampled softmax: shared uniform negatives per batch "
         "(None or >= catalog: full softmax)",
