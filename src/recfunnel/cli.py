@@ -237,14 +237,7 @@ def eval_cmd(
         )  # fmt: skip
         data = load_experiment_data(cfg)
         total = len(cfg.seeds) * len(cfg.pipelines)
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=quiet,
-        ) as progress:
+        with _progress(quiet) as progress:
             task = progress.add_task("evaluating", total=total)
 
             def step(label: str) -> None:
@@ -327,6 +320,18 @@ def diagnose_cmd(
         console.print(f"wrote {index} and {json_path}")
 
 
+def _progress(quiet: bool) -> Progress:
+    """The one progress bar style of long commands (label, bar, n of m, elapsed)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
+
+
 def _run_diagnosis(cfg: Any, quiet: bool) -> dict[str, Any]:
     from recfunnel.evaluate.diagnose import run_diagnosis
     from recfunnel.evaluate.runner import load_experiment_data
@@ -334,14 +339,7 @@ def _run_diagnosis(cfg: Any, quiet: bool) -> dict[str, Any]:
     data = load_experiment_data(cfg)
     sweep = cfg.diagnose.sweep
     total = len(cfg.seeds) * len(cfg.pipelines) + (len(sweep.pool_sizes) if sweep else 0)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as progress:
+    with _progress(quiet) as progress:
         task = progress.add_task("diagnosing", total=total)
         return run_diagnosis(
             cfg,
