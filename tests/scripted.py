@@ -32,7 +32,9 @@ class ScriptedLLM(LLM):
             raise LLMUnavailable("scripted outage")
         p = self.render(messages)
         self.prompts.append(p)
-        return self.text_fn(p), len(p) // 4, 10
+        text = self.text_fn(p)
+        cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+        return (text[:cut] if cut >= 0 else text), len(p) // 4, 10  # stops, as back-ends do
 
     def _option_logprobs(self, messages: Sequence[Message], options):
         if self.down:

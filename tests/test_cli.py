@@ -135,3 +135,12 @@ def test_goal_option_needs_a_goal_stage_and_reaches_it():
     goal_stage, verbalizer = got.pipelines[0].rerank, got.pipelines[1].rerank
     assert goal_stage.goal == "accuracy+fairness" and goal_stage.top_n == 8
     assert verbalizer.blend == 0.5 and verbalizer.top_n == 8
+
+
+def test_train_cli_errors_are_clear(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "nope.toml")])
+    assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sft]\nlearning_rat = 1e-4\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(bad)])
+    assert res.exit_code == 2 and "learning_rat" in res.output

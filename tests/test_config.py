@@ -13,13 +13,19 @@ from recfunnel.config import (
     parse_config,
 )
 from recfunnel.errors import ConfigError
+from recfunnel.train.tune import TrainConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
-    cls = DiagnoseConfig if "[diagnose]" in path.read_text() else ExperimentConfig
+    text = path.read_text()
+    if "[sft]" in text:  # a training config
+        cfg = load_config(path, TrainConfig)
+        assert cfg.examples.lists * cfg.examples.shuffles >= 256 and cfg.dpo is not None
+        return
+    cls = DiagnoseConfig if "[diagnose]" in text else ExperimentConfig
     cfg = load_config(path, cls)
     assert cfg.pipelines and cfg.seeds
 

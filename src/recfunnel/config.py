@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import parse_metric
+from recfunnel.explain import ExplainConfig
 from recfunnel.rank.ltr import LTRConfig
 from recfunnel.rerank.aspects import AspectConfig
 from recfunnel.rerank.goal import GoalConfig
@@ -46,6 +47,9 @@ class PipelineConfig(_Strict):
         None, description="LLM reranker (method verbalizer/permutation/pointwise), a "
         "classical aspect reranker (mmr/dpp/fair) or the goal-driven graph (goal)",
     )  # fmt: skip
+    explain: ExplainConfig | None = Field(
+        None, description="grounded reasons for the top items of the final ranking"
+    )
 
     @model_validator(mode="after")
     def _fusion_when_several(self) -> PipelineConfig:
@@ -325,7 +329,7 @@ def format_validation(exc: ValidationError, source: str) -> str:
     return f"invalid config {source}:\n" + "\n".join(lines)
 
 
-C = TypeVar("C", bound="ExperimentConfig")
+C = TypeVar("C", bound=BaseModel)
 
 
 def parse_config(

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from recfunnel.config import PipelineConfig, RetrieverConfig
 from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import depth_needed, evaluate
+from recfunnel.explain import Explainer, Explanation
 from recfunnel.llm.base import LLM, LLMConfig
 from recfunnel.rank.ltr import LTRRanker
 from recfunnel.rerank.aspects import AspectConfig, AspectReranker
@@ -77,6 +78,8 @@ class FunnelResult:
     """Per-stage figures beyond the candidates (LLM calls, tokens, invalid outputs)."""
     rerank_input: CandidateBatch | None = None
     """The full list the reranker's head was cut from (its tail follows the reranked head)."""
+    explanations: list[list[Explanation]] | None = None
+    """Per request, a grounded reason for each of its top ``explain.top_k`` items."""
 
 
 class Funnel:
@@ -97,6 +100,7 @@ class Funnel:
         self.calibration_: dict[str, Any] | None = None
         self.ranker_: LTRRanker | None = None
         self.ranker_info_: dict[str, Any] | None = None
+        self.explainer_: Explainer | None = None
 
     def fit(self, train: Interactions, catalog: Catalog) -> Self:
         self.catalog_ = catalog
@@ -134,6 +138,9 @@ class Funnel:
                 rerank = rerank.model_copy(update={"noun": catalog.noun})
             self.reranker_ = build_reranker(rerank, shared_llm(rerank.llm, self._shared))
             self.reranker_.fit(train, catalog)
+        if self.config.explain is not None:
+            llm = shared_llm(self.config.explain.llm, self._shared)
+            self.explainer_ = Explainer(self.config.explain, llm).fit(catalog)
         return self
 
     def run(
@@ -184,7 +191,13 @@ class Funnel:
             final = CandidateBatch(
                 final.items[:, :k], final.scores[:, :k], final.stage, final.fallback
             )
-        return FunnelResult(final, trace, timings, stats, rerank_input)
+        explanations = None
+        if self.explainer_ is not None:
+            t0 = time.perf_counter()
+            explanations = self.explainer_.explain(requests, final)
+            timings["explain"] = time.perf_counter() - t0
+            stats["explain"] = self.explainer_.stats()
+        return FunnelResult(final, trace, timings, stats, rerank_input, explanations)
 
     def _rerank_some(
         self, requests: Sequence[Request], head: CandidateBatch, rows: np.ndarray

@@ -135,3 +135,27 @@ def test_goal_graph_walks_on_the_real_model(setup):
     fb = res.trace["rerank:goal"].fallback
     np.testing.assert_array_equal(out[fb], head[fb])
     assert s["visits_per_user"] <= 3
+
+
+def test_explanations_on_the_real_model(setup):
+    """SmolLM2 explains the top items: every shown reason is grounded (an LLM one passed
+    the check, else it is a template), the sources add up, and the calls are counted."""
+    from recfunnel.explain import ExplainConfig, grounding_errors
+
+    data, split = setup
+    cfg = builtin_pipeline("hybrid").model_copy(update={"explain": ExplainConfig(top_k=3)})
+    f = Funnel(cfg, seed=0).fit(split.train, data.catalog)
+    res = f.run(split.test.requests, 10)
+    assert res.explanations is not None and len(res.explanations) == len(split.test)
+    s = res.stats["explain"]
+    assert s["explained"] == 3 * len(split.test)
+    assert s["llm_rate"] + s["regenerated_rate"] + s["template_rate"] == pytest.approx(1.0)
+    asked = 3 * len(split.test) + round(s["first_rejected_rate"] * s["explained"])
+    assert s["llm_calls"] == asked  # one ask per item, one more per rejected answer
+    for req, row, reasons in zip(split.test.requests, res.final.items, res.explanations,
+                                 strict=True):  # fmt: skip
+        assert [e.item for e in reasons] == row[:3].tolist()
+        for e in reasons:
+            assert e.text.startswith("Because you liked") or e.source == "template"
+            if e.source != "template":
+                assert not grounding_errors(e.text, f.explainer_.index_, req.history, row)

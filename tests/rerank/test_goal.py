@@ -25,8 +25,10 @@ def head(rows=2):
 
 
 def walker(script, **kw):
+    """The walk's mechanics are tested on LLM4Rerank's bare prompt (ids = input positions);
+    the proposals on top of it have their own tests below."""
     llm = ScriptedLLM(text=script)
-    r = GoalReranker(GoalConfig(**kw), llm).fit(None, CAT)
+    r = GoalReranker(GoalConfig(**{"propose": False, **kw}), llm).fit(None, CAT)
     return r, llm
 
 
@@ -129,7 +131,7 @@ def test_answer_cut_after_its_ranking_gets_the_models_most_likely_node():
         return "3, 2, 1, 4, 5, 6]\n\nThe user will like these."  # continues "Ranking: ["
 
     llm = ScriptedLLM(text=script, logprobs=logprobs)
-    r = GoalReranker(GoalConfig(), llm).fit(None, CAT)
+    r = GoalReranker(GoalConfig(propose=False), llm).fit(None, CAT)
     r.rerank(REQS, head())
     step = r.traces_[0][0]
     assert step["answer"] == "Ranking: [3, 2, 1, 4, 5, 6]\nNext: fairness"
@@ -140,7 +142,77 @@ def test_answer_cut_after_its_ranking_gets_the_models_most_likely_node():
     assert llm.prompts[0].rstrip().endswith("Ranking: [")  # the prefill opens every answer
 
 
+def test_counting_past_the_last_id_is_cut_there_and_continued():
+    """SmolLM2 asked for ids 1..6 writes "1, 2, …, 6, 7, 8": generation stops at ", 7"."""
+    llm = ScriptedLLM(text=lambda p: "1, 2, 3, 4, 5, 6, 7, 8, 9]\nNext: stop",
+                      logprobs=lambda p, o: np.array([-5.0, -5.0, -5.0, -5.0, -0.1]))  # fmt: skip
+    r = GoalReranker(GoalConfig(), llm).fit(None, CAT)
+    out = r.rerank(REQS, head())
+    assert out.items.tolist() == head().items.tolist() and not out.fallback.any()
+    assert r.stats()["invalid_rate"] == 0 and r.stats()["continued_rate"] == 1.0
+    assert r.traces_[0][0]["answer"] == "Ranking: [1, 2, 3, 4, 5, 6]\nNext: stop"
+
+
 def test_parser_accepts_only_full_rankings_and_known_nodes():
     ok = parse_goal_answer("ranking: 2,1,3\nnext: Fairness", 3, GOAL_NODES)
     assert ok.order == [1, 0, 2] and ok.next_node == "fairness" and not ok.errors
     assert parse_goal_answer("Ranking: 2, 2, 3\nNext: stop", 3, GOAL_NODES).order is None
+
+
+def copy_listed(next_by_node):
+    """A model that copies the order it is shown (what the 135M model does)."""
+
+    def script(p):
+        ids = re.findall(r"^(\d+)\. Movie", p, re.MULTILINE)
+        return f"Ranking: {', '.join(ids)}\nNext: {next_by_node[focus(p)]}"
+
+    return script
+
+
+def test_nodes_propose_their_classical_order_and_the_goal_acts_through_the_path():
+    """Accuracy lists the ranker's order, diversity MMR of the current result, fairness
+    fair exposure of it: a model that copies ends where its chosen nodes lead."""
+    r, llm = walker(copy_listed({"accuracy": "diversity", "diversity": "stop"}), propose=True)
+    out = r.rerank(REQS, head())
+    assert "order proposed for diversity" in llm.prompts[2]  # 2 users per batch
+    # Drama 0,1,2 then Comedy 6,7,8: MMR (λ .7) breaks the Drama run with the best Comedy;
+    # once both genres are picked every item is fully similar, so relevance decides
+    assert out.items[0].tolist() == [0, 6, 1, 2, 7, 8]
+    assert r.traces_[0][1]["kept_proposal"] and r.stats()["kept_proposal_rate"] == 1.0
+
+    r, _ = walker(
+        copy_listed({"accuracy": "fairness", "fairness": "stop"}), propose=True, target=0.5
+    )
+    out = r.rerank(REQS, head())  # years: 0,1,2 before 1996, 6,7,8 after
+    assert out.items[0].tolist() == [0, 6, 1, 7, 2, 8]
+
+    r, _ = walker(copy_listed({"accuracy": "stop"}), propose=True)
+    assert r.rerank(REQS, head()).items.tolist() == head().items.tolist()
+
+
+def test_proposal_ids_number_the_listed_order_and_map_back():
+    """At a proposing node id k is the k-th listed candidate, in the answer and in the
+    history pool alike: "1, 2, 3, …" accepts the proposal, and an edit maps back."""
+
+    def script(p):
+        if focus(p) == "accuracy":
+            return "Ranking: 1, 2, 3, 4, 5, 6\nNext: diversity"
+        # listed (MMR): input 1,4,2,3,5,6 (items 0,6,1,2,7,8); pool shown in these ids
+        assert "Focus: accuracy. Result: [1, 3, 4, 2, 5, 6]" in p
+        assert re.findall(r"^(\d+)\. (Movie \d+)", p, re.MULTILINE)[:2] == [
+            ("1", "Movie 0"),
+            ("2", "Movie 6"),
+        ]
+        return "Ranking: 2, 1, 3, 4, 5, 6\nNext: stop"  # swap the first two listed
+
+    r, _ = walker(script, propose=True)
+    out = r.rerank(REQS, head())
+    assert out.items[0].tolist() == [6, 0, 1, 2, 7, 8]
+    assert r.traces_[0][1]["result"] == [3, 0, 1, 2, 4, 5]  # input positions
+    assert not r.traces_[0][1]["kept_proposal"]
+
+
+def test_without_proposals_a_copying_model_returns_its_input():
+    r, llm = walker(copy_listed({"accuracy": "diversity", "diversity": "stop"}), propose=False)
+    assert r.rerank(REQS, head()).items.tolist() == head().items.tolist()
+    assert "current order" in llm.prompts[0]

@@ -67,12 +67,16 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
         shuffled = funnel.run(split.test.requests[:m], 10, shuffle_head=split.seed + seed_offset)
         a, b = out.final.items[:m, :10], shuffled.final.items[:, :10]
         stage = shuffled.trace[funnel.reranker_.stage]
+        truth, n_items = split.test.truth[:m], funnel.catalog_.n_items
         return {
             "stage": funnel.reranker_.stage,
             "n_users": m,
             "top10_change": 1.0 - dg.topk_overlap(a, b, 10),
             "top1_change": float(np.mean(a[:, 0] != b[:, 0])),
             "position_corr_shuffled": dg.position_correlation(stage.extras["input_pos"]),
+            # quality when the reranker cannot lean on the ranker's order, same users
+            "ndcg@10_shuffled": evaluate(b, truth, ["ndcg@10"], n_items).means["ndcg@10"],
+            "ndcg@10_probe_users": evaluate(a, truth, ["ndcg@10"], n_items).means["ndcg@10"],
         }
 
     return probe
@@ -173,7 +177,8 @@ def stage_report(
             np.mean([dg.position_correlation(b.extras["input_pos"]) for b in batches])
         )
         probes = [r.probes for r in runs if r.probes.get("stage") == name]
-        for key in ("top10_change", "top1_change", "position_corr_shuffled"):
+        for key in ("top10_change", "top1_change", "position_corr_shuffled",
+                    "ndcg@10_shuffled", "ndcg@10_probe_users"):
             out[key] = _num(np.mean([p[key] for p in probes])) if probes else None
         stats = [r.funnel_result.stats.get(name, {}) for r in runs if r.funnel_result]
         for key in ("invalid_rate", "invalid_row_rate", "order_agreement"):

@@ -169,6 +169,13 @@ def cost_metrics(result: FunnelResult, n_users: int, seconds: float) -> dict[str
     out = {"latency_ms_per_user": 1000 * seconds / max(n_users, 1)}
     for key in COST_KEYS:
         out[key] = float(sum(s.get(key, 0.0) for s in result.stats.values()))
+    explain = result.stats.get("explain")
+    if explain is not None:  # explanations cost LLM calls too, and have their own rates
+        n = max(n_users, 1)
+        out["llm_calls_per_user"] += explain["llm_calls"] / n
+        out["prompt_tokens_per_user"] += explain["prompt_tokens"] / n
+        out["completion_tokens_per_user"] += explain["completion_tokens"] / n
+        out.update({f"explain_{k}": float(v) for k, v in explain.items() if k.endswith("rate")})
     return out
 
 

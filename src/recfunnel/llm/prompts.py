@@ -178,20 +178,26 @@ def goal_prompt(
     aspect: str,
     goal: str,
     style: PromptStyle,
+    proposal: Sequence[int] | None = None,
 ) -> list[Message]:
-    """One node of LLM4Rerank's walk. Candidates keep ids 1..n (their input positions) and
-    are listed in the current order with the ranker's score and their fairness group;
-    ``steps`` is the history pool ("Focus: X. Result: [...]")."""
+    """One node of LLM4Rerank's walk. Candidates are listed in the current order with ids
+    1..n (their input positions) — or, with ``proposal``, in the order the aspect's classical
+    method proposes, numbered 1..n down that list (a small model counts "1, 2, 3, …", which
+    then accepts the proposal rather than undoing it) — with the ranker's score and their
+    fairness group; ``steps`` is the history pool ("Focus: X. Result: [...]") in these ids."""
     n = len(items)
+    listed = list(order if proposal is None else proposal)
+    label = {j: (k + 1 if proposal is not None else j + 1) for k, j in enumerate(listed)}
+    heading = "current order" if proposal is None else f"order proposed for {aspect}"
     lines = [
-        f"{j + 1}. {item_line(catalog, items[j], style)} | score {scores[j]:.2f} | {groups[j]}"
-        for j in order
+        f"{label[j]}. {item_line(catalog, items[j], style)} | score {scores[j]:.2f} | {groups[j]}"
+        for j in listed
     ]
-    pool = "\n".join(f"Focus: {a}. Result: {[j + 1 for j in r]}" for a, r in steps)
+    pool = "\n".join(f"Focus: {a}. Result: {[label[j] for j in r]}" for a, r in steps)
     user = (
         f"Goal: {goal}\n\n"
         f"{history_block(catalog, history, style)}\n\n"
-        f"Candidates (id. {style.noun} | ranker score | group), current order:\n"
+        f"Candidates (id. {style.noun} | ranker score | group), {heading}:\n"
         + "\n".join(lines)
         + f"\n\nEarlier steps:\n{pool or 'none yet'}\n\n"
         f"Now focus on {aspect}: {ASPECT_TASKS[aspect]}.\n"

@@ -3,7 +3,12 @@
 The walk starts at the accuracy node. At each aspect node (accuracy, diversity, fairness)
 the LLM sees the user, up to 5 history items, the candidates with their ranker scores and
 attributes, the history pool of earlier results and the user's goal sentence, and answers
-with a full ranking and the next node. ``backward`` undoes the last result and returns to
+with a full ranking and the next node. With ``propose`` (the default) each aspect node
+lists the candidates in the order its classical method proposes from the current result
+(accuracy: the ranker's order; diversity: MMR; fairness: fair exposure) for the LLM to
+keep or edit: a small model copies whatever order it is shown, so without a proposal every
+walk returns its input and the goal cannot matter; with one, the goal acts through the
+nodes the LLM chooses to visit. ``backward`` undoes the last result and returns to
 the node before it; ``stop`` ends the walk; ``max_visits`` forces a stop. An invalid answer
 is re-asked once with its specific errors, then the node is skipped and the walk stops.
 Every step is kept (``traces_``) and counted (``stats``).
@@ -22,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recfunnel.llm.base import LLM, LLMConfig, Message, Usage
 from recfunnel.llm.parse import GoalAnswer, parse_goal_answer
 from recfunnel.llm.prompts import GOAL_NODES, GOAL_PREFILL, PromptStyle, goal_prompt
-from recfunnel.rerank.aspects import relevance, year_groups
+from recfunnel.rerank.aspects import cosine, fair_order, mmr_order, relevance, year_groups
 from recfunnel.rerank.base import Reranker
 from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request
 
@@ -51,6 +56,12 @@ def _ranking_line(text: str) -> str:
     return line + "]" if "[" in line and "]" not in line else line
 
 
+def _overrun(n: int) -> list[str]:
+    """Stops at the first id past ``n``: small models, asked for ids 1..n, keep counting
+    ("…, 20, 21, 22"); cut there, the list is whole and the walker goes on to "Next:"."""
+    return [f", {n + 1}", f",{n + 1}"]
+
+
 class GoalConfig(BaseModel):
     """A goal-driven graph reranking stage."""
 
@@ -62,6 +73,15 @@ class GoalConfig(BaseModel):
     history_items: int = Field(5, ge=0)
     title_chars: int = Field(40, ge=8)
     split_year: int = Field(1996, description="fairness groups: before / from this year")
+    propose: bool = Field(
+        True, description="list candidates in the node's classical order (MMR, fair) for "
+        "the LLM to keep or edit; False: LLM4Rerank's bare prompt",
+    )  # fmt: skip
+    trade_off: float = Field(0.7, ge=0.0, le=1.0, description="diversity proposal: MMR λ")
+    target: float | None = Field(
+        None, gt=0.0, lt=1.0, description="fairness proposal: group share owed (None: its "
+        "candidate share)",
+    )  # fmt: skip
     noun: str = "item"
     batch_size: int = Field(16, ge=1, description="walks advanced together (one LLM batch)")
     seed: int = 0
@@ -84,6 +104,7 @@ class Walk:
     visits: int = 0
     done: bool = False
     forced: bool = False
+    proposed: list[int] | None = None
 
 
 class GoalReranker(Reranker):
@@ -101,16 +122,34 @@ class GoalReranker(Reranker):
     def fit(self, train: Interactions, catalog: Catalog) -> Self:
         self.catalog_ = catalog
         self.groups_ = year_groups(catalog, self.config.split_year)
+        self.genres_ = catalog.genre_matrix
         return self
+
+    def proposal(self, items: np.ndarray, w: Walk) -> list[int]:
+        """The order this node's classical method makes of the walk's current result:
+        accuracy restores the ranker's order; diversity (MMR) and fairness (fair exposure)
+        reorder the current one, taking its positions as relevance, so a later aspect keeps
+        what an earlier one did wherever it can."""
+        if w.node == "accuracy":
+            return list(range(w.n))
+        rel = np.empty(w.n)
+        rel[np.array(w.current)] = 1.0 - np.arange(w.n) / max(w.n - 1, 1)
+        if w.node == "diversity":
+            order = mmr_order(rel, cosine(self.genres_[items]), self.config.trade_off)
+        else:
+            order = fair_order(rel, self.groups_[items], self.config.target)
+        return [int(j) for j in order]
 
     def _group_names(self, items: np.ndarray) -> list[str]:
         y = self.config.split_year
         return [f"from {y}" if g else f"before {y}" for g in self.groups_[items]]
 
     def _prompt(self, req: Request, items: np.ndarray, rel: np.ndarray, w: Walk) -> list[Message]:
+        w.proposed = self.proposal(items, w) if self.config.propose else None
         return goal_prompt(
             self.catalog_, req.history, items.tolist(), w.current, rel.tolist(),
             self._group_names(items), w.results, w.node, self.config.goal_text, self.style,
+            w.proposed,
         )  # fmt: skip
 
     def _advance(self, walks: list[Walk]) -> None:
@@ -184,11 +223,17 @@ class GoalReranker(Reranker):
 
     def _ask(self, prompts: list[list[Message]], sizes: list[int]) -> list[tuple[str, bool]]:
         """Whole answers. One that stops after its ranking line (small models close the list
-        and ramble on) is continued from "Next:" with the node the model itself scores most
-        likely among the graph's nodes (one forward pass, so never an unknown node). Each
-        answer comes with whether it was continued (an extra call)."""
-        got = self.llm.complete_many(prompts, max_tokens=4 * max(sizes) + 24, stop=["\n\n"])
-        texts = [_answer(a.text) for a in got]
+        and ramble on, or count past the last id and are cut there) is continued from
+        "Next:" with the node the model itself scores most likely among the graph's nodes
+        (one forward pass, so never an unknown node). Each answer comes with whether it was
+        continued (an extra call)."""
+        texts = [""] * len(prompts)
+        for n in sorted(set(sizes)):  # one stop set per list length
+            idx = [i for i, m in enumerate(sizes) if m == n]
+            got = self.llm.complete_many([prompts[i] for i in idx], max_tokens=4 * n + 24,
+                                         stop=["\n\n", *_overrun(n)])  # fmt: skip
+            for i, a in zip(idx, got, strict=True):
+                texts[i] = _answer(a.text)
         cut = [i for i, (t, n) in enumerate(zip(texts, sizes, strict=True))
                if parse_goal_answer(t, n, GOAL_NODES).errors == _ONLY_NEXT_MISSING]  # fmt: skip
         if cut:
@@ -202,12 +247,14 @@ class GoalReranker(Reranker):
     def _apply(self, w: Walk, parsed: GoalAnswer, text: str, reasked: bool,
                continued: bool) -> None:  # fmt: skip
         assert parsed.order is not None and parsed.next_node is not None
+        # ids number the listed order: map them back to input positions
+        order = parsed.order if w.proposed is None else [w.proposed[k] for k in parsed.order]
         w.visits += 1
-        w.results.append((w.node, parsed.order))
-        w.current = list(parsed.order)
-        w.steps.append({"node": w.node, "answer": text, "result": parsed.order,
-                        "next": parsed.next_node, "reasked": reasked,
-                        "continued": continued})  # fmt: skip
+        w.results.append((w.node, order))
+        w.current = list(order)
+        w.steps.append({"node": w.node, "answer": text, "result": order,
+                        "next": parsed.next_node, "reasked": reasked, "continued": continued,
+                        "proposed": w.proposed, "kept_proposal": w.proposed == order})  # fmt: skip
         w.node = parsed.next_node
 
     def _finish(
@@ -245,6 +292,8 @@ class GoalReranker(Reranker):
             "skipped_rate": skipped / answers if answers else 0.0,
             "continued_rate": sum(s.get("continued", False) for w in walks for s in w.steps)
             / max(answers, 1),
+            "kept_proposal_rate": sum(s.get("kept_proposal", False) for w in walks for s in w.steps)
+            / max(answers - invalid, 1),
             "fallback_rate": float(fallback.mean()) if len(head) else 0.0,
             "forced_stop_rate": float(np.mean([w.forced for w in walks])) if walks else 0.0,
             "visits_per_user": float(np.mean([w.visits for w in walks])) if walks else 0.0,

@@ -1,0 +1,253 @@
+"""`recfunnel train`: SFT then DPO of LoRA adapters on the verbalizer reranker.
+
+The base model is loaded through the hf back-end (the bundled GGUF de-quantized once), the
+examples come from :mod:`recfunnel.train.examples`, and TRL does the training on PEFT
+LoRA adapters. SFT teaches the answer format and the target; DPO then prefers the target
+over the position-biased answer. The DPO reference is the SFT model (frozen, merged), and
+DPO keeps training the SFT adapter, so the result is one adapter the hf back-end loads on
+the base model (``llm = { backend = "hf", adapter = "runs/reranker/sft+dpo" }``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfunnel.config import RetrieverConfig
+from recfunnel.data import load_dataset
+from recfunnel.data.splits import leave_last_out
+from recfunnel.errors import MissingDependency
+from recfunnel.llm.base import LLMConfig
+from recfunnel.llm.prompts import PromptStyle
+from recfunnel.retrieve.cf import CFConfig
+from recfunnel.train.examples import Example, build_examples, dpo_rows, sft_rows
+
+log = logging.getLogger(__name__)
+_INSTALL = "pip install 'recfunnel[train]'"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExamplesConfig(_Strict):
+    """Which training lists are built (see :func:`build_examples`)."""
+
+    lists: int = Field(64, ge=1, description="users, one list each (their last train item)")
+    shuffles: int = Field(4, ge=1, description="orders per list: the target moves")
+    candidates: int = Field(10, ge=2, le=52)
+    history_items: int = Field(10, ge=1)
+    title_chars: int = Field(40, ge=8)
+    min_history: int = Field(3, ge=1)
+    retriever: RetrieverConfig = Field(
+        default_factory=lambda: CFConfig(kind="cf", model="als"),
+        description="hard negatives: its best candidates other than the target",
+    )
+
+
+class LoRAConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+
+
+class StageConfig(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(-1, description="-1: epochs decide")
+
+
+class DPOStageConfig(StageConfig):
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)
+
+
+class TrainConfig(_Strict):
+    """configs/train-reranker.toml."""
+
+    dataset: str = "ml-latest-small"
+    data_dir: str | None = None
+    seed: int = 0
+    model: str = "smollm2-135m"
+    out: str = "runs/reranker"
+    threads: int | None = Field(None, ge=1)
+    examples: ExamplesConfig = Field(default_factory=ExamplesConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    sft: StageConfig = Field(default_factory=StageConfig)
+    dpo: DPOStageConfig | None = Field(default_factory=DPOStageConfig)
+
+
+def _imports() -> tuple[Any, Any, Any]:
+    try:
+        import datasets
+        import peft
+        import trl
+    except ImportError as exc:
+        raise MissingDependency(f"training needs trl, peft and datasets: {_INSTALL}") from exc
+    return datasets, peft, trl
+
+
+def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
+    """The training lists of ``cfg`` (training split of leave-last-out only)."""
+    from recfunnel.funnel import build_retriever
+
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    split = leave_last_out(data, seed=cfg.seed)
+    ex = cfg.examples
+    retriever = build_retriever(ex.retriever.model_copy(update={"seed": cfg.seed}))
+    retriever.fit(split.train, data.catalog)
+    style = PromptStyle(
+        noun=data.catalog.noun, history_items=ex.history_items, title_chars=ex.title_chars
+    )
+    examples = build_examples(
+        split,
+        data.catalog,
+        retriever,
+        n_lists=ex.lists,
+        shuffles=ex.shuffles,
+        candidates=ex.candidates,
+        style=style,
+        seed=cfg.seed,
+        min_history=ex.min_history,
+    )
+    return examples, style
+
+
+def _args(
+    trl: Any, kind: str, stage: StageConfig, out: Path, seed: int, gpu: bool, **extra: Any
+) -> Any:
+    cls = trl.SFTConfig if kind == "sft" else trl.DPOConfig
+    return cls(
+        output_dir=str(out / f".{kind}-work"),
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not gpu,
+        seed=seed,
+        data_seed=seed,
+        gradient_checkpointing=False,  # CPU: memory is plenty, recomputation only costs time
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+def _losses(history: list[dict[str, Any]], key: str = "loss") -> list[float]:
+    return [float(h[key]) for h in history if key in h]
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Build examples, run SFT (then DPO), save the adapters and a summary JSON."""
+    datasets, peft, trl = _imports()
+    from recfunnel.llm.hf import HFLLM
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    examples, _ = make_examples(cfg)
+    llm = HFLLM(LLMConfig(backend="hf", model=cfg.model, n_threads=cfg.threads, cache=False))
+    torch = llm._torch
+    torch.manual_seed(cfg.seed)
+    tok = llm.tokenizer
+    gpu = bool(torch.cuda.is_available())
+    summary: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"),
+        "examples": len(examples),
+        "lists": len({e.user for e in examples}),
+        "rejected_kinds": {
+            k: sum(e.rejected_kind == k for e in examples) for k in ("position", "ungrounded")
+        },
+        "target_label_share": _label_share(examples),
+        "examples_s": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
+    }
+    lora = peft.LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = llm.model
+    model.train()
+    sft_data = datasets.Dataset.from_pandas(sft_rows(examples, llm.render))
+    t1 = time.perf_counter()
+    sft = trl.SFTTrainer(
+        model=model,
+        args=_args(
+            trl, "sft", cfg.sft, out, cfg.seed, gpu, completion_only_loss=True, max_length=None
+        ),
+        train_dataset=sft_data,
+        processing_class=tok,
+        peft_config=lora,
+    )
+    sft.train()
+    summary["sft"] = {
+        "seconds": time.perf_counter() - t1,
+        "loss": _losses(sft.state.log_history),
+        "steps": sft.state.global_step,
+    }
+    sft.model.save_pretrained(str(out / "sft"))
+    policy = sft.model
+    if cfg.dpo is not None:
+        ref = copy.deepcopy(policy).merge_and_unload()
+        ref.eval()
+        dpo_data = datasets.Dataset.from_pandas(dpo_rows(examples, llm.render))
+        t2 = time.perf_counter()
+        dpo = trl.DPOTrainer(
+            model=policy,
+            ref_model=ref,
+            args=_args(trl, "dpo", cfg.dpo, out, cfg.seed, gpu, beta=cfg.dpo.beta, max_length=None),
+            train_dataset=dpo_data,
+            processing_class=tok,
+        )
+        dpo.train()
+        hist = dpo.state.log_history
+        summary["dpo"] = {
+            "seconds": time.perf_counter() - t2,
+            "loss": _losses(hist),
+            "reward_accuracy": _losses(hist, "rewards/accuracies"),
+            "steps": dpo.state.global_step,
+        }
+        dpo.model.save_pretrained(str(out / "sft+dpo"))
+    summary["seconds"] = time.perf_counter() - t0
+    summary["device"] = "cuda" if gpu else "cpu"
+    (out / "train.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _label_share(examples: list[Example]) -> dict[str, float]:
+    """How often the target sits at each letter: shuffling should spread it evenly."""
+    labels = [e.target_label for e in examples]
+    keys, counts = np.unique(labels, return_counts=True)
+    return {str(k): float(c) / max(len(labels), 1) for k, c in zip(keys, counts, strict=True)}
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
