@@ -37,7 +37,9 @@ class ExplainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(10, ge=1, description="items explained per request (from the top)")
     max_requests: int | None = Field(
-        None, ge=1, description="explain only the first N requests of a batch (an evaluation "
+        None,
+        ge=1,
+        description="explain only the first N requests of a batch (an evaluation "
         "sample: generation costs far more than scoring); None: all",
     )
     history_items: int = Field(5, ge=1, description="history titles shown to the LLM")

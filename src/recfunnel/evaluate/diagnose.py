@@ -177,8 +177,13 @@ def stage_report(
             np.mean([dg.position_correlation(b.extras["input_pos"]) for b in batches])
         )
         probes = [r.probes for r in runs if r.probes.get("stage") == name]
-        for key in ("top10_change", "top1_change", "position_corr_shuffled",
-                    "ndcg@10_shuffled", "ndcg@10_probe_users"):
+        for key in (
+            "top10_change",
+            "top1_change",
+            "position_corr_shuffled",
+            "ndcg@10_shuffled",
+            "ndcg@10_probe_users",
+        ):
             out[key] = _num(np.mean([p[key] for p in probes])) if probes else None
         stats = [r.funnel_result.stats.get(name, {}) for r in runs if r.funnel_result]
         for key in ("invalid_rate", "invalid_row_rate", "order_agreement"):
