@@ -179,13 +179,19 @@ class Funnel:
             top = self.config.rerank.top_n
             head = CandidateBatch(final.items[:, :top], final.scores[:, :top], final.stage)
             t0 = time.perf_counter()
-            if rerank_rows is None:
+            rows = None if rerank_rows is None else rerank_rows(requests, head)
+            if rows is None:
                 reranked = self.reranker_.rerank(requests, head)
             else:
-                reranked = self._rerank_some(requests, head, rerank_rows(requests, head))
+                reranked = self._rerank_some(requests, head, rows)
             timings[reranked.stage] = time.perf_counter() - t0
             trace[reranked.stage] = reranked
             stats[reranked.stage] = self.reranker_.stats()
+            if rows is not None and "row_seconds" in stats[reranked.stage]:
+                # per-row figures cover the reranked rows only: the others cost no LLM time
+                full = np.zeros(len(requests))
+                full[np.flatnonzero(rows)] = stats[reranked.stage]["row_seconds"]
+                stats[reranked.stage]["row_seconds"] = full
             final = merge_head(reranked, final)
         if final.depth > k:
             final = CandidateBatch(

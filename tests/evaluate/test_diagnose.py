@@ -220,3 +220,18 @@ def test_rerank_only_target_rows_keeps_every_accuracy_metric(split):
     assert not np.isnan(stage.extras["llm_score"][hit, 0]).any()
     # rows left alone keep the ranker's order
     assert np.array_equal(stage.items[~hit], some.rerank_input.items[~hit, :10])
+
+
+def test_reranking_some_rows_reports_latency_for_every_row(split):
+    """rerank_users = "target-in-input": the LLM's per-row seconds cover the reranked rows
+    only; the funnel spreads them over all rows (0 for the rest), so per-user latency has
+    one value per user (a diagnose run with it used to crash on the shape)."""
+    data, sp = split
+    llm = ScriptedLLM(logprobs=reverse_order)
+    f = llm_funnel(data, sp, llm)
+    mask = np.zeros(len(sp.test), dtype=bool)
+    mask[[1, 4, 7]] = True
+    res = f.run(sp.test.requests, 10, rerank_rows=lambda reqs, head: mask)
+    secs = res.stats["rerank:verbalizer"]["row_seconds"]
+    assert len(secs) == len(sp.test) and len(llm.prompts) == 3
+    assert np.all(secs[~mask] == 0)
