@@ -230,21 +230,16 @@ class Explainer:
         if len(requests) != len(ranked):
             raise ValueError(f"{len(requests)} requests for {len(ranked)} rankings")
         before = self.llm.usage.copy()
-        jobs: list[tuple[int, int]] = []
         rows = len(requests) if self.config.max_requests is None else self.config.max_requests
-        rows = min(rows, len(requests))
-        for r, row in enumerate(ranked.items[:rows]):
-            top = [int(i) for i in row[: self.config.top_k] if i != PAD]
-            jobs += [(r, i) for i in top if len(requests[r].history)]
-        out: list[list[Explanation]] = [[] for _ in requests]
-        got = self._ask([self._prompt(requests[r], i) for r, i in jobs])
-        first: dict[tuple[int, int], tuple[str, list[str]]] = {}
-        retry: list[tuple[int, int]] = []
-        for (r, i), text in zip(jobs, got, strict=True):
-            errs = self._check(requests[r], ranked.items[r], text)
-            first[(r, i)] = (text, errs)
-            if errs:
-                retry.append((r, i))
+        jobs = [(r, int(i)) for r, row in enumerate(ranked.items[:rows])
+                for i in row[: self.config.top_k] if i != PAD]  # fmt: skip
+        asked = [(r, i) for r, i in jobs if len(requests[r].history)]
+        first = {
+            job: (text, self._check(requests[job[0]], ranked.items[job[0]], text))
+            for job, text in zip(asked, self._ask([self._prompt(requests[r], i) for r, i in asked]),
+                                 strict=True)
+        }  # fmt: skip
+        retry = [job for job in asked if first[job][1]]
         fix = [
             [
                 *self._prompt(requests[r], i)[:-1],
@@ -260,36 +255,20 @@ class Explainer:
             for r, i in retry
         ]
         second = dict(zip(retry, self._ask(fix), strict=True))
-        by_row: dict[int, dict[int, Explanation]] = {}
+        out: list[list[Explanation]] = [[] for _ in requests]
         for r, i in jobs:
-            text, errs = first[(r, i)]
-            if not errs:
-                exp = Explanation(i, text, "llm")
+            if (r, i) not in first:
+                exp = Explanation(i, template_reason(self.catalog_, i, []), "template",
+                                  ["the user has no history to ground a reason in"])  # fmt: skip
+            elif not first[(r, i)][1]:
+                exp = Explanation(i, first[(r, i)][0], "llm")
             else:
+                errs = first[(r, i)][1]
                 again = self._check(requests[r], ranked.items[r], second[(r, i)])
-                exp = (
-                    Explanation(i, second[(r, i)], "regenerated", errs)
-                    if not again
-                    else Explanation(
-                        i,
-                        template_reason(self.catalog_, i, requests[r].history),
-                        "template",
-                        errs + again,
-                    )
-                )
-            by_row.setdefault(r, {})[i] = exp
-        for r, row in enumerate(ranked.items[:rows]):
-            for i in (int(x) for x in row[: self.config.top_k] if x != PAD):
-                hist = requests[r].history
-                out[r].append(
-                    by_row.get(r, {}).get(i)
-                    or Explanation(
-                        i,
-                        template_reason(self.catalog_, i, hist),
-                        "template",
-                        ["the user has no history to ground a reason in"],
-                    )
-                )
+                exp = (Explanation(i, second[(r, i)], "regenerated", errs) if not again
+                       else Explanation(i, template_reason(self.catalog_, i, requests[r].history),
+                                    "template", errs + again))  # fmt: skip
+            out[r].append(exp)
         self._count(out, before)
         return out
 

@@ -14,6 +14,7 @@ the user never saw).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from recfunnel.data.splits import ordered_events
 from recfunnel.errors import ConfigError
 from recfunnel.explain import template_reason
 from recfunnel.llm.base import Message
@@ -62,13 +64,11 @@ def held_out(split: Split) -> dict[int, set[int]]:
     return out
 
 
-def _sequences(split: Split, min_history: int) -> dict[int, np.ndarray]:
-    """Training items per user in time order (ties by item), users with enough history."""
-    f = split.train.frame
-    order = np.lexsort(
-        (f["item"].to_numpy(), f["timestamp"].fillna(0).to_numpy(), f["user"].to_numpy())
-    )
-    g = f.iloc[order].groupby("user")["item"]
+def _sequences(split: Split, min_history: int, seed: int) -> dict[int, np.ndarray]:
+    """Training items per user in the split's own order (time, ties by item), users with
+    enough history."""
+    events = ordered_events(split.train, seed)
+    g = events.groupby("user")["item"]
     return {int(u): s.to_numpy() for u, s in g if len(s) > min_history}  # type: ignore[arg-type]
 
 
@@ -76,7 +76,7 @@ def _shuffles(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``k`` distinct permutations of ``n`` (all of them when n! < k)."""
     seen: set[tuple[int, ...]] = set()
     out: list[np.ndarray] = []
-    limit = int(np.prod(np.arange(1, n + 1, dtype=float))) if n < 12 else k
+    limit = math.factorial(n) if n < 12 else k
     while len(out) < min(k, limit):
         p = rng.permutation(n)
         if tuple(p) not in seen:
@@ -102,7 +102,7 @@ def build_examples(
     if candidates < 2:
         raise ConfigError("a training list needs at least 2 candidates")
     rng = np.random.default_rng(seed)
-    seqs = _sequences(split, min_history)
+    seqs = _sequences(split, min_history, seed)
     if not seqs:
         raise ConfigError(f"no training user has more than {min_history} items")
     users = np.array(sorted(seqs))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -248,6 +247,3 @@ def _label_share(examples: list[Example]) -> dict[str, float]:
     labels = [e.target_label for e in examples]
     keys, counts = np.unique(labels, return_counts=True)
     return {str(k): float(c) / max(len(labels), 1) for k, c in zip(keys, counts, strict=True)}
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
