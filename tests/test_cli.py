@@ -144,3 +144,22 @@ def test_train_cli_errors_are_clear(tmp_path):
     bad.write_text("[sft]\nlearning_rat = 1e-4\n")
     res = CliRunner().invoke(app, ["train", "--config", str(bad)])
     assert res.exit_code == 2 and "learning_rat" in res.output
+
+
+def test_serve_and_eval_chat_cli_errors_are_clear(tmp_path):
+    res = CliRunner().invoke(app, ["serve", "--config", str(tmp_path / "nope.toml")])
+    assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("budget_ms = -5\n")
+    res = CliRunner().invoke(app, ["serve", "--config", str(bad)])
+    assert res.exit_code == 2 and "budget_ms: Input should be greater than 0" in " ".join(
+        res.output.split()
+    )
+    bad.write_text('[pipeline]\nname = "routed"\n[pipeline.route]\n'
+                   'cold = "hybrid+llm-verbalizer"\nwarm = "cf"\n')  # fmt: skip
+    res = CliRunner().invoke(app, ["serve", "--config", str(bad)])
+    assert res.exit_code == 2 and "serving needs a fixed threshold" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["serve", "--rate-limit", "lots"])
+    assert res.exit_code == 2 and "'lots' is not a rate" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["eval-chat", "--policies", "llm,magic"])
+    assert res.exit_code == 2 and "magic" in res.output

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,7 +55,7 @@ def _ascii(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
 
 
-def _norm(text: str) -> str:
+def normalize(text: str) -> str:
     """Lower-case words only: accents, punctuation and spacing do not decide a match."""
     return " ".join(re.findall(r"[a-z0-9]+", _ascii(text).lower()))
 
@@ -74,7 +74,7 @@ def title_forms(title: str) -> set[str]:
         m = _ARTICLE.match(f)
         if m:
             forms |= {f"{m.group(2)} {m.group(1)}", m.group(1)}
-    return {n for n in map(_norm, forms) if n}
+    return {n for n in map(normalize, forms) if n}
 
 
 class TitleIndex:
@@ -93,18 +93,25 @@ class TitleIndex:
                 self.by_form.setdefault(form, set()).add(i)
         self.catalog = catalog
 
-    def mentions(self, text: str) -> tuple[dict[str, set[int]], list[str]]:
+    def mentions(
+        self, text: str, single_words: Container[str] | None = None
+    ) -> tuple[dict[str, set[int]], list[str]]:
         """(each title form named in ``text`` → the catalog items it may mean, quoted
         phrases that are no catalog title). Longest match first, so "Star Wars: Episode IV
-        - A New Hope" is one title, not also "A New Hope"."""
+        - A New Hope" is one title, not also "A New Hope". ``single_words``: also accept
+        capitalised one-word titles of 4+ letters except these (a user typing "Inception"
+        means the film; generated prose saying "Heat" may not)."""
         raw = re.findall(r"[A-Za-z0-9]+", _ascii(text))
         words = [w.lower() for w in raw]
         found: dict[str, set[int]] = {}
+        shortest = 1 if single_words is not None else 2
         a = 0
         while a < len(words):
             hit = None
-            for b in range(min(a + self.MAX_WORDS, len(words)), a + 1, -1):
+            for b in range(min(a + self.MAX_WORDS, len(words)), a + shortest - 1, -1):
                 form = " ".join(words[a:b])
+                if b == a + 1 and (len(form) < 4 or form in (single_words or ())):
+                    continue
                 if form in self.by_form and (raw[a][0].isupper() or raw[a][0].isdigit()):
                     hit = b
                     found[form] = self.by_form[form]
@@ -112,7 +119,7 @@ class TitleIndex:
             a = hit if hit is not None else a + 1
         unknown = []
         for quoted in re.findall(r"[\"“]([^\"”]{2,80})[\"”]", text):
-            form = _norm(_YEAR.sub("", quoted))
+            form = normalize(_YEAR.sub("", quoted))
             if form in self.by_form:
                 found[form] = self.by_form[form]
             else:
@@ -155,25 +162,25 @@ class Explanation:
 def template_reason(catalog: Catalog, item: int, history: Sequence[int] | np.ndarray) -> str:
     """A reason from the genres the item shares with the history (the two liked titles
     sharing most, latest first on ties): always grounded, never eloquent."""
-    frame = catalog.frame
-    title = str(frame["title"].iloc[item])
-    mine = set(frame["genres"].iloc[item])
-    best: list[tuple[int, int, str]] = []
-    for h in list(history)[::-1]:
-        shared = len(mine & set(frame["genres"].iloc[h]))
-        best.append((shared, -len(best), str(frame["title"].iloc[h])))
-    best = [b for b in sorted(best, reverse=True) if b[0] > 0][:2]
-    genres = ", ".join(sorted(mine)[:2]) or "similar"
-    a = "an" if genres[0].lower() in "aeiou" else "a"
+    titles = catalog.titles
+    title = str(titles[item])
+    mine = catalog.genre_sets[item]
+    latest_first = np.asarray(history, dtype=np.int64)[::-1]
+    g = catalog.genre_matrix
+    shared = g[latest_first] @ g[item] if len(latest_first) else np.zeros(0)
+    order = np.lexsort((np.arange(len(shared)), -shared))  # most shared, then latest
+    best = [int(latest_first[j]) for j in order[:2] if shared[j] > 0]
+    names = ", ".join(sorted(mine)[:2]) or "similar"
+    a = "an" if names[0].lower() in "aeiou" else "a"
     if best:
-        liked = " and ".join(b[2] for b in best)
-        return f"Because you liked {liked}: {title} is also {genres}."
+        liked = " and ".join(str(titles[h]) for h in best)
+        return f"Because you liked {liked}: {title} is also {names}."
     if len(history):  # nothing shared: name the latest liked title, claim no likeness
         return (
-            f"Because you liked {frame['title'].iloc[int(history[-1])]}: {title} is {a} "
-            f"{genres} title popular with viewers like you."
+            f"Because you liked {titles[int(history[-1])]}: {title} is {a} "
+            f"{names} title popular with viewers like you."
         )
-    return f"{title} is {a} {genres} title popular with viewers like you."
+    return f"{title} is {a} {names} title popular with viewers like you."
 
 
 def explain_prompt(

@@ -157,6 +157,11 @@ class Funnel:
         ``rerank_rows`` maps the requests and the reranker's input to a mask of the rows to
         rerank; the others keep their order (see ``ExperimentConfig.rerank_users``).
         """
+        return self.finish(requests, self.prepare(requests, k), k, shuffle_head, rerank_rows)
+
+    def prepare(self, requests: Sequence[Request], k: int) -> FunnelResult:
+        """Retrieval, fusion and the ranker: everything before the LLM. Its ``final`` is
+        the order a server falls back to when the LLM stage cannot answer in time."""
         if not self.retrievers_:
             raise RuntimeError("call fit() before run()")
         depth = max(k, self.config.pool_size)
@@ -170,6 +175,19 @@ class Funnel:
             timings[ranked.stage] = time.perf_counter() - t0
             trace[ranked.stage] = ranked
             final = merge_head(ranked, final)
+        return FunnelResult(final, trace, timings)
+
+    def finish(
+        self,
+        requests: Sequence[Request],
+        prepared: FunnelResult,
+        k: int,
+        shuffle_head: int | None = None,
+        rerank_rows: Callable[[Sequence[Request], CandidateBatch], np.ndarray] | None = None,
+    ) -> FunnelResult:
+        """The reranker and the explanations over :meth:`prepare`'s output, cut to ``k``."""
+        final = prepared.final
+        trace, timings = dict(prepared.trace), dict(prepared.timings)
         stats: dict[str, dict[str, Any]] = {}
         rerank_input = None
         if self.reranker_ is not None and self.config.rerank is not None:
@@ -193,10 +211,7 @@ class Funnel:
                 full[np.flatnonzero(rows)] = stats[reranked.stage]["row_seconds"]
                 stats[reranked.stage]["row_seconds"] = full
             final = merge_head(reranked, final)
-        if final.depth > k:
-            final = CandidateBatch(
-                final.items[:, :k], final.scores[:, :k], final.stage, final.fallback
-            )
+        final = cut(final, k)
         explanations = None
         if self.explainer_ is not None:
             t0 = time.perf_counter()
@@ -296,6 +311,15 @@ class Funnel:
         log.info("%s: calibrated blend %.2f (%s %.4f)", self.config.name, best, metric,
                  scores[best])  # fmt: skip
         return self.calibration_
+
+
+def cut(batch: CandidateBatch, k: int) -> CandidateBatch:
+    """The batch's first ``k`` columns (the same batch when it is no deeper)."""
+    if batch.depth <= k:
+        return batch
+    extras = {key: v[:, :k] for key, v in batch.extras.items()}
+    return CandidateBatch(batch.items[:, :k], batch.scores[:, :k], batch.stage, batch.fallback,
+                          extras)  # fmt: skip
 
 
 def shuffled_head(batch: CandidateBatch, top: int, seed: int) -> CandidateBatch:

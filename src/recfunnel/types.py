@@ -89,6 +89,11 @@ class Catalog:
         return self.frame["title"].to_numpy(dtype=object)
 
     @cached_property
+    def genre_sets(self) -> list[frozenset[str]]:
+        """Each item's genres as a set (fast overlap tests)."""
+        return [frozenset(g) for g in self.frame["genres"]]
+
+    @cached_property
     def texts(self) -> list[str]:
         return self.frame["text"].tolist()
 

@@ -13,11 +13,22 @@ from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from recfunnel.retrieve.base import Retriever
 from recfunnel.retrieve.popularity import PopularityRetriever
 from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request, history_matrix
+
+_THREADPOOLS: ThreadpoolController | None = None
+
+
+def one_blas_thread() -> Any:
+    """A context with BLAS on one thread. The controller is made once: finding the loaded
+    BLAS libraries costs ~5 ms, more than a whole served request."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
 
 
 class CFConfig(BaseModel):
@@ -50,7 +61,7 @@ class CFRetriever(Retriever):
         if c.model == "als":
             from implicit.cpu.als import AlternatingLeastSquares
 
-            with threadpool_limits(1, "blas"):  # implicit checks BLAS threads on creation
+            with one_blas_thread():  # implicit checks BLAS threads on creation
                 self.model_ = AlternatingLeastSquares(
                     factors=c.factors,
                     regularization=c.regularization,
@@ -64,7 +75,7 @@ class CFRetriever(Retriever):
 
             cls = CosineRecommender if c.model == "itemknn" else BM25Recommender
             self.model_ = cls(K=c.neighbors, num_threads=1)
-        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        with one_blas_thread(), warnings.catch_warnings():
             # implicit's own kNN normalisation hands itself a COO matrix and warns about it
             warnings.filterwarnings("ignore", message="Method expects CSR input")
             self.model_.fit(matrix, show_progress=False)
@@ -79,7 +90,7 @@ class CFRetriever(Retriever):
         rows = np.flatnonzero(has)
         if len(rows):
             n = min(k, self.n_items_)
-            with threadpool_limits(1, "blas"):
+            with one_blas_thread():
                 ids, sc = self.model_.recommend(
                     np.arange(len(rows)),
                     hist[rows],

@@ -1,0 +1,121 @@
+"""What ``recfunnel serve`` runs: a dataset, a pipeline, and the service's limits.
+
+Defaults are the embedded set-up (ml-latest-small, the bundled SmolLM2 on the cold path,
+ALS on the warm path, the history threshold the routing study found), so
+``recfunnel serve`` needs no file at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from recfunnel.config import (
+    PipelineConfig,
+    RouteConfig,
+    RoutedPipelineConfig,
+    builtin_any,
+    builtin_pipeline,
+)
+
+MAX_HISTORY = 500
+"""Items an anonymous request may list (a larger body is refused, not truncated)."""
+MAX_TEXT = 500
+"""Characters of free text, goal or chat message."""
+MAX_K = 50
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BreakerConfig(_Strict):
+    """Stop calling a failing LLM back-end for ``reset_s`` after ``failures`` in a row."""
+
+    failures: int = Field(3, ge=1)
+    reset_s: float = Field(30.0, gt=0)
+
+
+class ChatConfig(_Strict):
+    sessions: int = Field(1000, ge=1, description="sessions kept (least recently used go)")
+    ttl_s: float = Field(3600.0, gt=0, description="idle seconds before a session is dropped")
+    k: int = Field(5, ge=1, le=MAX_K, description="items shown per recommendation turn")
+    decide: Literal["llm", "rules"] = Field(
+        "llm", description="who picks the next action among the allowed ones"
+    )
+
+
+def default_pipeline() -> RoutedPipelineConfig:
+    """Cold requests (≤ 20 items, or free text) → hybrid retrieval + the LLM verbalizer;
+    warm ones → ALS. 20 is where the routing study's buckets changed winner."""
+    route = RouteConfig(
+        cold=builtin_pipeline("hybrid+llm-verbalizer"), warm=builtin_pipeline("cf"), threshold=20
+    )
+    return RoutedPipelineConfig(name="routed", route=route)
+
+
+class ServeConfig(_Strict):
+    """``configs/serve.toml``; every field has the embedded default."""
+
+    dataset: str = "ml-latest-small"
+    data_dir: str | None = None
+    seed: int = 0
+    pipeline: PipelineConfig | RoutedPipelineConfig = Field(default_factory=default_pipeline)
+    k: int = Field(10, ge=1, le=MAX_K, description="items per answer unless the request says")
+    budget_ms: float = Field(2000.0, gt=0, description="per-request latency budget")
+    explain_llm_top: int = Field(
+        0,
+        ge=0,
+        le=MAX_K,
+        description="LLM-written (grounded) reasons for this many top items on the LLM path, "
+        "budget permitting; every other item gets a template reason",
+    )
+    api_key: str | None = Field(None, description="bearer token (else $api_key_env, if set)")
+    api_key_env: str = "RECFUNNEL_API_KEY"
+    rate_limit: str | None = Field(
+        "120/minute", description="per client (API key, else address); None: no limit"
+    )
+    max_body_bytes: int = Field(65536, ge=1024)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    warmup: bool = Field(True, description="load the models and embedder before serving")
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _builtin(cls, v: Any) -> Any:
+        return builtin_any(v).model_dump() if isinstance(v, str) else v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limit(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from limits import parse
+
+        try:
+            parse(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a rate such as '120/minute'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _servable(self) -> ServeConfig:
+        pipes: list[Any] = [self.pipeline]
+        if isinstance(self.pipeline, RoutedPipelineConfig):
+            route = self.pipeline.route
+            if route.threshold is None:
+                raise ValueError("pipeline.route.threshold: serving needs a fixed threshold")
+            for side in ("cold", "warm"):
+                if isinstance(getattr(route, side), str):
+                    setattr(route, side, builtin_pipeline(getattr(route, side)))
+            pipes = [route.cold, route.warm]
+        for p in pipes:
+            if p.rank is not None:
+                raise ValueError(
+                    f"pipeline {p.name!r}: a learned ranker needs validation users; "
+                    "serve a pipeline without `rank`"
+                )
+            if getattr(p.rerank, "calibration", None) is not None:
+                raise ValueError(f"pipeline {p.name!r}: set rerank.blend instead of calibration")
+        return self

@@ -1,0 +1,417 @@
+"""The recommender behind the API: resolve a request, route it, run the funnel within a
+latency budget, explain, and guard the answer.
+
+The LLM stage runs on one worker thread (a local model answers one prompt at a time);
+a request waits for it at most until its deadline. When the worker is busy past the
+budget, the back-end fails, or the circuit breaker is open, the answer is the ranker's
+order, marked as a fallback with its reason and counted. Everything a request can get
+wrong raises a :class:`~recfunnel.errors.RecfunnelError` subclass the app turns into a 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pybreaker
+
+from recfunnel.config import PipelineConfig, RoutedPipelineConfig
+from recfunnel.data.registry import load_dataset
+from recfunnel.errors import RecfunnelError, UnknownItem
+from recfunnel.explain import (
+    ExplainConfig,
+    Explainer,
+    TitleIndex,
+    normalize,
+    template_reason,
+    title_forms,
+)
+from recfunnel.funnel import Funnel, FunnelResult, cut
+from recfunnel.llm.base import LLM, LLMConfig, LLMUnavailable, Usage
+from recfunnel.route import RoutedFunnel
+from recfunnel.serve.config import ServeConfig
+from recfunnel.serve.metrics import Metrics
+from recfunnel.types import PAD, CandidateBatch, Dataset, Request
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EmptyRequest(RecfunnelError):
+    """A request with nothing to recommend from."""
+
+
+@dataclass
+class Item:
+    """One recommended item as the API shows it."""
+
+    index: int
+    item_id: Any
+    title: str
+    score: float
+    explanation: str
+    explanation_source: str
+    genres: list[str]
+    year: int | None
+
+
+@dataclass
+class Answer:
+    items: list[Item]
+    route: str
+    fallback: bool
+    fallback_reason: str | None
+    timings_ms: dict[str, float]
+    candidates: set[int] = field(repr=False)
+    """Every item the funnel's stages produced for this request: what the guard allows."""
+    llm_calls: int = 0
+
+
+def llm_configs(pipeline: PipelineConfig | RoutedPipelineConfig) -> list[LLMConfig]:
+    """The LLM configs a pipeline's stages use (rerank and explain)."""
+    if isinstance(pipeline, RoutedPipelineConfig):
+        r = pipeline.route
+        assert isinstance(r.cold, PipelineConfig) and isinstance(r.warm, PipelineConfig)
+        return llm_configs(r.cold) + llm_configs(r.warm)
+    out = [getattr(pipeline.rerank, "llm", None)]
+    out.append(pipeline.explain.llm if pipeline.explain else None)
+    return [c for c in out if isinstance(c, LLMConfig)]
+
+
+class Service:
+    """One fitted pipeline over a whole dataset (no split: serving learns from all of it).
+
+    ``llm`` replaces every LLM the pipeline names (tests use a scripted one)."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        dataset: Dataset | None = None,
+        llm: LLM | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        t0 = time.perf_counter()
+        self.data = dataset if dataset is not None else load_dataset(config.dataset,
+                                                                     config.data_dir)  # fmt: skip
+        catalog, inter = self.data.catalog, self.data.interactions
+        fitted: dict[str, Any] = {}
+        configs = llm_configs(config.pipeline)
+        if llm is not None:
+            for c in configs:
+                fitted["llm:" + c.model_dump_json()] = llm
+        self.routed: RoutedFunnel | None = None
+        self.single: Funnel | None = None
+        if isinstance(config.pipeline, RoutedPipelineConfig):
+            self.routed = RoutedFunnel(config.pipeline, config.seed, fitted).fit(inter, catalog)
+        else:
+            self.single = Funnel(config.pipeline, config.seed, fitted).fit(inter, catalog)
+        self.llm: LLM | None = next(
+            (v for key, v in fitted.items() if key.startswith("llm:")), None
+        )
+        self.explainer: Explainer | None = None
+        if self.llm is not None and config.explain_llm_top:
+            ecfg = ExplainConfig(top_k=config.explain_llm_top, llm=configs[0])
+            self.explainer = Explainer(ecfg, self.llm).fit(catalog)
+        frame = inter.frame.sort_values(["user", "timestamp"], kind="stable")
+        bounds = np.searchsorted(frame["user"].to_numpy(), np.arange(inter.n_users + 1))
+        items = frame["item"].to_numpy()
+        self._history = [items[bounds[u] : bounds[u + 1]] for u in range(inter.n_users)]
+        self._titles = TitleIndex(catalog)
+        self._norm_titles = [normalize(t) for t in catalog.frame["title"].astype(str)]
+        self._popularity = inter.item_counts()
+        self._item_ids = catalog.ids_of(np.arange(catalog.n_items))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recfunnel-llm")
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._estimate_s = 0.0
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=config.breaker.failures, reset_timeout=config.breaker.reset_s
+        )
+        self.fit_seconds = time.perf_counter() - t0
+        log.info("service ready in %.1fs (%s)", self.fit_seconds, config.pipeline.name)
+        if config.warmup:
+            self.warmup()
+
+    # ---- requests ------------------------------------------------------------------
+    def resolve(
+        self,
+        user_id: Any = None,
+        history: Sequence[Any] = (),
+        text: str | None = None,
+        goal: str | None = None,
+    ) -> Request:
+        """A funnel request: a known user's history plus any listed items (ids or titles),
+        and the free text. Raises UnknownUser / UnknownItem / EmptyRequest."""
+        user = None
+        items: list[int] = []
+        if user_id is not None:
+            user = self.data.interactions.user_index(user_id)
+            items = [int(i) for i in self._history[user]]
+        for h in history:
+            i = self.item_of(h)
+            if i not in items:
+                items.append(i)
+        query = text.strip() if text and text.strip() else None
+        if not items and query is None:
+            raise EmptyRequest(
+                "nothing to recommend from: give a known user_id, a non-empty history "
+                "(item ids or titles) or some text"
+            )
+        return Request(user, np.asarray(items, dtype=np.int64), query,
+                       goal.strip() if goal and goal.strip() else None)  # fmt: skip
+
+    def item_of(self, ref: Any) -> int:
+        """Catalog index of an item id (a number) or a title ("Heat", "Matrix, The (1999)");
+        a title several items share means the most rated one."""
+        if isinstance(ref, bool):
+            raise UnknownItem(f"{ref!r} is not an item id or title")
+        if isinstance(ref, int) or (isinstance(ref, str) and re.fullmatch(r"\s*\d+\s*", ref)):
+            return int(self.data.catalog.index_of([int(ref)])[0])
+        if isinstance(ref, str) and ref.strip():
+            forms = [f for f in (normalize(ref), *sorted(title_forms(ref))) if f]
+            for form in forms:
+                hits = self._titles.by_form.get(form)
+                if hits:
+                    return max(hits, key=lambda i: (self._popularity[i], -i))
+            raise UnknownItem(f"no catalog title matches {ref.strip()[:80]!r}")
+        raise UnknownItem(f"{ref!r} is not an item id or title")
+
+    def route_of(self, request: Request) -> tuple[str, Funnel]:
+        if self.routed is not None:
+            cold = bool(self.routed.is_cold([request])[0])
+            return ("cold", self.routed.cold) if cold else ("warm", self.routed.warm)
+        assert self.single is not None
+        return self.single.config.name, self.single
+
+    def recommend(
+        self,
+        request: Request,
+        k: int | None = None,
+        narrow: Callable[[np.ndarray], np.ndarray] | None = None,
+        use_llm: bool = True,
+    ) -> Answer:
+        """Top ``k`` for one request within the budget (see the module's docstring).
+
+        ``narrow`` maps the ranker's ordered pool to the items allowed, in order (the chat's
+        filter tool; it can only remove and reorder); ``use_llm=False`` skips the LLM."""
+        t_start = time.perf_counter()
+        deadline = t_start + self.config.budget_ms / 1000
+        k = k or self.config.k
+        route, funnel = self.route_of(request)
+        pre = funnel.prepare([request], k)
+        if narrow is not None:
+            t0 = time.perf_counter()
+            pre = narrowed(pre, narrow)
+            pre.timings["filter"] = time.perf_counter() - t0
+        res, reason, used = pre, None, Usage()
+        if use_llm and funnel.reranker_ is not None:
+            res, reason, used = self._llm_stage(funnel, request, pre, k, deadline)
+        final = cut(pre.final if reason else res.final, k)
+        if reason is None and res.final.fallback is not None and bool(res.final.fallback[0]):
+            reason = "llm-unavailable" if used.errors else "llm-fallback"
+        candidates = {int(i) for b in pre.trace.values() for i in b.items[0] if i != PAD}
+        items = self._items(request, final, res if reason is None else pre, candidates)
+        timings = {s: 1000 * v for s, v in (res if reason is None else pre).timings.items()}
+        timings["total"] = 1000 * (time.perf_counter() - t_start)
+        self._observe(route, reason, timings, used)
+        return Answer(items, route, reason is not None, reason, timings, candidates, used.calls)
+
+    # ---- the LLM stage -------------------------------------------------------------
+    def _llm_stage(
+        self, funnel: Funnel, request: Request, pre: FunnelResult, k: int, deadline: float
+    ) -> tuple[FunnelResult, str | None, Usage]:
+        """(result, fallback reason or None, LLM usage) — never raises for the back-end.
+
+        A request queues for a busy LLM only if the jobs ahead plus its own are expected to
+        end within its budget (else ``budget``), and waits at most until its deadline
+        (``timeout``; the job still finishes and its answer is cached). An open breaker
+        fails the job at once, without calling the back-end, until its reset time, when
+        one job is let through as the trial."""
+        remaining = deadline - time.perf_counter()
+        with self._lock:  # an idle LLM always gets the job: that keeps the estimate fresh
+            if self._inflight and self._estimate_s * (self._inflight + 1) > remaining:
+                return pre, "budget", Usage()
+            self._inflight += 1
+        fut: Future[tuple[FunnelResult, Usage]] = self._pool.submit(
+            self._llm_job, funnel, request, pre, k, deadline, time.perf_counter()
+        )
+        try:
+            res, used = fut.result(timeout=max(remaining, 0.0))
+        except FutureTimeout:
+            if fut.cancel():
+                with self._lock:
+                    self._inflight -= 1
+            return pre, "timeout", Usage()
+        except pybreaker.CircuitBreakerError:
+            return pre, "circuit-open", Usage(errors=1)
+        except LLMUnavailable:
+            return pre, "llm-unavailable", Usage(errors=1)
+        return res, None, used
+
+    def _llm_job(
+        self,
+        funnel: Funnel,
+        request: Request,
+        pre: FunnelResult,
+        k: int,
+        deadline: float,
+        submitted: float,
+    ) -> tuple[FunnelResult, Usage]:
+        assert self.llm is not None
+        try:
+            before = self.llm.usage.copy()
+            t0 = time.perf_counter()
+
+            def run() -> FunnelResult:
+                res = funnel.finish([request], pre, k)
+                if self.llm is not None and self.llm.usage.errors > before.errors:
+                    raise LLMUnavailable("the LLM back-end failed during reranking")
+                return res
+
+            res = self.breaker.call(run)
+            res.timings["llm_wait"] = t0 - submitted
+            used = self.llm.usage.since(before)
+            if used.calls > used.cache_hits:  # a computed answer: learn how long one takes
+                spent = time.perf_counter() - t0
+                with self._lock:
+                    self._estimate_s = spent if not self._estimate_s else \
+                        0.8 * self._estimate_s + 0.2 * spent  # fmt: skip
+            if self.explainer is not None and len(request.history):
+                per = self._estimate_s / 2 or 0.5
+                if deadline - time.perf_counter() > per * self.config.explain_llm_top:
+                    t1 = time.perf_counter()
+                    res.explanations = self.explainer.explain([request], cut(res.final, k))
+                    res.timings["explain"] = time.perf_counter() - t1
+                    used = self.llm.usage.since(before)
+            return res, used
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    def call_llm(self, fn: Callable[[], T], timeout_s: float) -> T | None:
+        """``fn`` (one model call) on the LLM worker, through the breaker; None when the
+        worker is busy, the call outlasts ``timeout_s``, or the back-end fails — the
+        caller then decides without the LLM."""
+        if self.llm is None:
+            return None
+        with self._lock:
+            if self._inflight:
+                return None
+            self._inflight += 1
+
+        def job() -> T:
+            try:
+                return self.breaker.call(fn)
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+
+        fut = self._pool.submit(job)
+        try:
+            return fut.result(timeout=timeout_s)
+        except (FutureTimeout, LLMUnavailable, pybreaker.CircuitBreakerError):
+            self.metrics.fallbacks.labels("chat-decision").inc()
+            return None
+
+    # ---- answers -------------------------------------------------------------------
+    def _items(
+        self, request: Request, final: Any, res: FunnelResult, candidates: set[int]
+    ) -> list[Item]:
+        """The answer's items with scores and reasons; anything that is not one of the
+        funnel's candidates is dropped and counted (it cannot happen; the guard proves it)."""
+        stage_score: dict[int, float] = {}
+        for batch in res.trace.values():  # later stages overwrite earlier ones
+            for i, s in zip(batch.items[0], batch.scores[0], strict=True):
+                if i != PAD:
+                    stage_score[int(i)] = float(s)
+        llm_reasons = {e.item: e for e in (res.explanations or [[]])[0]}
+        cat = self.data.catalog
+        out = []
+        for i in (int(i) for i in final.items[0] if i != PAD):
+            if i not in candidates:
+                self.metrics.guard_dropped.inc()
+                log.error("guard: item %d is not a funnel candidate; dropped", i)
+                continue
+            exp = llm_reasons.get(i)
+            text, source = (exp.text, exp.source) if exp else (
+                template_reason(cat, i, request.history), "template")  # fmt: skip
+            year = cat.years[i]
+            out.append(Item(
+                i, self._item_ids[i], str(cat.titles[i]), round(stage_score.get(i, 0.0), 6),
+                text, source, sorted(cat.genre_sets[i]),
+                None if np.isnan(year) else int(year),
+            ))  # fmt: skip
+        return out
+
+    def _observe(self, route: str, reason: str | None, timings: dict[str, float],
+                 used: Usage) -> None:  # fmt: skip
+        m = self.metrics
+        m.routes.labels(route).inc()
+        for stage, ms in timings.items():
+            if stage != "total":
+                m.stage.labels(stage).observe(ms / 1000)
+        m.llm_calls.inc(used.calls)
+        m.llm_cache_hits.inc(used.cache_hits)
+        m.llm_errors.inc(used.errors)
+        if reason is not None:
+            m.fallbacks.labels(reason).inc()
+        m.breaker_open.set(1.0 if self.breaker.current_state == pybreaker.STATE_OPEN else 0.0)
+
+    # ---- helpers for the page and the chat -----------------------------------------
+    def search(self, q: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Titles containing every word of ``q``, most rated first (prefix matches lead)."""
+        words = normalize(q).split()
+        if not words:
+            return []
+        hits = [i for i, t in enumerate(self._norm_titles) if all(w in t for w in words)]
+        first = words[0]
+        hits.sort(key=lambda i: (not self._norm_titles[i].startswith(first),
+                                 -self._popularity[i], i))  # fmt: skip
+        frame = self.data.catalog.frame
+        return [
+            {"item_id": self.data.catalog.ids_of([i])[0], "title": str(frame["title"].iloc[i]),
+             "genres": list(frame["genres"].iloc[i])}
+            for i in hits[:limit]
+        ]  # fmt: skip
+
+    def warmup(self) -> None:
+        """Load what the first request would otherwise wait for (model, embedder)."""
+        t0 = time.perf_counter()
+        popular = [int(i) for i in np.argsort(-self._popularity)[:3]]
+        for req in (Request(None, np.asarray(popular), "warm-up"),
+                    Request(0, self._history[0])):  # fmt: skip
+            _, funnel = self.route_of(req)
+            pre = funnel.prepare([req], self.config.k)
+            if funnel.reranker_ is not None:
+                try:
+                    funnel.finish([req], pre, self.config.k)
+                except RecfunnelError as exc:  # a back-end that is down is not fatal here
+                    log.warning("warm-up: %s", exc)
+        log.info("warm-up in %.1fs", time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def narrowed(pre: FunnelResult, narrow: Callable[[np.ndarray], np.ndarray]) -> FunnelResult:
+    """``pre`` with its final (one-row) pool replaced by ``narrow``'s subset of it; any item
+    ``narrow`` returns that was not in the pool is ignored."""
+    row = pre.final.items[0]
+    score = {int(i): float(s) for i, s in zip(row, pre.final.scores[0], strict=True) if i != PAD}
+    kept = [int(i) for i in narrow(row) if int(i) in score]
+    items = np.full((1, max(len(kept), 1)), PAD, dtype=np.int64)
+    scores = np.full(items.shape, -np.inf)
+    items[0, : len(kept)] = kept
+    scores[0, : len(kept)] = [score[i] for i in kept]
+    final = CandidateBatch(items, scores, pre.final.stage, pre.final.fallback)
+    return FunnelResult(final, dict(pre.trace), dict(pre.timings))
