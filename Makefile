@@ -12,7 +12,7 @@ $(BIN)/recfunnel: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first and pinned: an unpinned torch would pull the multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[embed,llamacpp,hf,train,gemma,serve,dev]"
+	$(BIN)/pip install -q -e ".[embed,llamacpp,hf,train,gemma,serve,ray,dev]"
 	touch $@
 
 setup: $(BIN)/recfunnel

@@ -25,6 +25,12 @@ def test_shipped_configs_parse(path):
         cfg = load_config(path, TrainConfig)
         assert cfg.examples.lists * cfg.examples.shuffles >= 256 and cfg.dpo is not None
         return
+    if path.name.startswith("serve"):  # a serving config
+        from recfunnel.serve.config import ServeConfig
+
+        served = load_config(path, ServeConfig)
+        assert served.pipeline.route.threshold == 20 and served.budget_ms == 2000
+        return
     cls = DiagnoseConfig if "[diagnose]" in text else ExperimentConfig
     cfg = load_config(path, cls)
     assert cfg.pipelines and cfg.seeds

@@ -58,6 +58,8 @@ def _experiment_config(
     data_dir: Path | None,
     items: Path | None = None,
     cls: Any = None,
+    engine: str | None = None,
+    address: str | None = None,
 ) -> Any:
     """The TOML config (if any) with command-line options laid over it."""
     import tomllib
@@ -95,6 +97,9 @@ def _experiment_config(
         defined = {p["name"]: p for p in raw.get("pipelines", []) if isinstance(p, dict)}
         raw["pipelines"] = [defined.get(name, name) for name in chosen]
     raw.setdefault("pipelines", ["popularity", "cf", "content", "hybrid"])
+    if engine or address:
+        raw["engine"] = {**raw.get("engine", {}), **({"kind": engine} if engine else {}),
+                         **({"address": address} if address else {})}  # fmt: skip
     if cls is None:
         return parse_config(raw, source)
     return parse_config(raw, source, cls)
@@ -224,14 +229,21 @@ def eval_cmd(
         Path | None, typer.Option(help="Write a PNG of NDCG@10 by history-length bucket.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or table.")] = False,
+    engine: Annotated[
+        str | None, typer.Option(help="Where test users are ranked: local or ray.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="ray: cluster address (default: start a local Ray).")
+    ] = None,
 ) -> None:
     """Evaluate pipelines on a dataset under a protocol, over seeds."""
     from recfunnel.evaluate.runner import load_experiment_data, run_experiment
 
     try:
         cfg = _experiment_config(
-            config, dataset, protocol, pipelines, seeds, users, history, metrics, data_dir, items
-        )
+            config, dataset, protocol, pipelines, seeds, users, history, metrics, data_dir, items,
+            engine=engine, address=address,
+        )  # fmt: skip
         cfg = _llm_overrides(
             cfg, backend=backend, model=model, base_url=base_url, top_n=top_n,
             shuffles=shuffles, blend=blend, show_prev_rank=show_prev_rank, goal=goal,
@@ -288,6 +300,12 @@ def diagnose_cmd(
         bool, typer.Option(help="Redraw index.html from OUT/diagnosis.json; run nothing.")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    engine: Annotated[
+        str | None, typer.Option(help="Where test users are ranked: local or ray.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="ray: cluster address (default: start a local Ray).")
+    ] = None,
 ) -> None:
     """Diagnose every stage (coverage, exposure, discrimination, position bias, validity,
     cost), test each pipeline against the baseline, sweep the pool size; write a report."""
@@ -304,7 +322,7 @@ def diagnose_cmd(
                 _llm_overrides(
                     _experiment_config(
                         config, dataset, None, None, seeds, users, None, None, data_dir, items,
-                        DiagnoseConfig,
+                        DiagnoseConfig, engine, address,
                     ),
                     backend=backend, model=model, base_url=base_url,
                 ),

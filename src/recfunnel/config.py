@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recfunnel.engine import EngineConfig
 from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import parse_metric
 from recfunnel.explain import ExplainConfig
@@ -142,6 +143,7 @@ class ExperimentConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     pipelines: list[PipelineConfig | RoutedPipelineConfig] = Field(min_length=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     rerank_users: Literal["all", "target-in-input"] = "all"
     """``target-in-input``: LlamaRec's evaluation, where the reranker only runs for test
     users with a relevant item in its input and the rest keep the previous stage's order.

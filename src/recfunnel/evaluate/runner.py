@@ -250,16 +250,27 @@ def run_experiment(
         fitted: dict[str, Any] = {}
         counts = split.train.item_counts()
         for pipe in cfg.pipelines:
-            t0 = time.perf_counter()
-            funnel = build_funnel(pipe, seed, fitted).fit(split.train, data.catalog)
-            prepare_funnel(funnel, split)
-            t1 = time.perf_counter()
             only_hits = cfg.rerank_users == "target-in-input"
-            out = funnel.run(
-                split.test.requests,
-                depth,
-                rerank_rows=target_in(split.test) if only_hits else None,
-            )
+            t0 = time.perf_counter()
+            funnel: Any = None
+            if cfg.engine.kind == "local" or probe is not None:  # a probe reruns it here
+                funnel = build_funnel(pipe, seed, fitted).fit(split.train, data.catalog)
+                prepare_funnel(funnel, split)
+            t1 = time.perf_counter()
+            if cfg.engine.kind == "ray":
+                from recfunnel.engine.ray import run_on_ray
+
+                out, info = run_on_ray(cfg.engine, pipe, seed, split, data.catalog, depth,
+                                       only_hits)  # fmt: skip
+            else:
+                out = funnel.run(
+                    split.test.requests,
+                    depth,
+                    rerank_rows=target_in(split.test) if only_hits else None,
+                )
+                info = {"fit_s": t1 - t0, "calibration": funnel.calibration_,
+                        "ranker": funnel.ranker_info_,
+                        "route": getattr(funnel, "route_info_", None)}  # fmt: skip
             t2 = time.perf_counter()
             scored = evaluate(
                 out.final.items,
@@ -280,13 +291,13 @@ def run_experiment(
                     stages=stage_metrics(out, split, data.catalog.n_items),
                     n_users=n,
                     timings={
-                        "fit_s": t1 - t0,
+                        "fit_s": info["fit_s"],
                         "run_s": t2 - t1,
                         "latency_ms_per_user": 1000 * (t2 - t1) / max(n, 1),
                     },
-                    calibration=funnel.calibration_,
-                    ranker=funnel.ranker_info_,
-                    route=getattr(funnel, "route_info_", None),
+                    calibration=info["calibration"],
+                    ranker=info["ranker"],
+                    route=info["route"],
                     history_len=np.array([len(r.history) for r in split.test.requests]),
                     probes=probe(funnel, split, out) if probe else {},
                     per_user=scored.per_user,
