@@ -238,30 +238,21 @@ class PreferenceParser:
 
 def apply(state: ChatState, up: Update, catalog_title: Callable[[int], str]) -> None:
     """Lay an update over the state; whatever it contradicts is dropped (and recorded)."""
-    for i in up.liked:
-        if i in state.disliked:
-            state.disliked.remove(i)
-            state.dropped.append(f"disliked {catalog_title(i)}")
-        if i not in state.liked:
-            state.liked.append(i)
-    for i in up.disliked:
-        if i in state.liked:
-            state.liked.remove(i)
-            state.dropped.append(f"liked {catalog_title(i)}")
-        if i not in state.disliked:
-            state.disliked.append(i)
-    for g in up.genres:
-        if g in state.avoid_genres:
-            state.avoid_genres.remove(g)
-            state.dropped.append(f"no {g}")
-        if g not in state.genres:
-            state.genres.append(g)
-    for g in up.avoid_genres:
-        if g in state.genres:
-            state.genres.remove(g)
-            state.dropped.append(f"likes {g}")
-        if g not in state.avoid_genres:
-            state.avoid_genres.append(g)
+
+    def take(
+        new: Sequence[Any], into: list[Any], against: list[Any], was: Callable[[Any], str]
+    ) -> None:
+        for x in new:
+            if x in against:
+                against.remove(x)
+                state.dropped.append(was(x))
+            if x not in into:
+                into.append(x)
+
+    take(up.liked, state.liked, state.disliked, lambda i: f"disliked {catalog_title(i)}")
+    take(up.disliked, state.disliked, state.liked, lambda i: f"liked {catalog_title(i)}")
+    take(up.genres, state.genres, state.avoid_genres, lambda g: f"no {g}")
+    take(up.avoid_genres, state.avoid_genres, state.genres, lambda g: f"likes {g}")
     if up.note:
         state.notes.append(up.note)
 

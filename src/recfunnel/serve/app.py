@@ -263,21 +263,16 @@ def create_app(service: Service) -> FastAPI:
                               **{"Retry-After": str(wait)})  # fmt: skip
         return await call_next(request)
 
-    @app.exception_handler(UnknownUser)
-    async def unknown_user(_: Request, exc: UnknownUser) -> JSONResponse:
-        return refuse(404, str(exc))
+    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handle(_: Request, exc: Exception) -> JSONResponse:
+            return refuse(status, str(exc))
 
-    @app.exception_handler(UnknownItem)
-    async def unknown_item(_: Request, exc: UnknownItem) -> JSONResponse:
-        return refuse(404, str(exc))
+        return handle
 
-    @app.exception_handler(EmptyRequest)
-    async def empty(_: Request, exc: EmptyRequest) -> JSONResponse:
-        return refuse(422, str(exc))
-
-    @app.exception_handler(RecfunnelError)
-    async def other(_: Request, exc: RecfunnelError) -> JSONResponse:
-        return refuse(400, str(exc))
+    # most specific first: UnknownUser/UnknownItem are RecfunnelErrors too
+    for exc_class, status in ((UnknownUser, 404), (UnknownItem, 404), (EmptyRequest, 422),
+                              (RecfunnelError, 400)):  # fmt: skip
+        app.add_exception_handler(exc_class, handler(status))
 
     @app.post("/recommend", response_model=RecommendOut, responses=ERRORS)
     def recommend(body: RecommendIn) -> RecommendOut:
