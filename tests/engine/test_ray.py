@@ -79,3 +79,45 @@ def test_cli_engine_ray(movielens, shared_data, monkeypatch):
     assert json.loads(res.stdout)["results"][0]["n_users"] == 20
     res = CliRunner().invoke(app, ["eval", "--engine", "spark", "--pipelines", "cf"])
     assert res.exit_code == 2 and "engine.kind" in res.output
+
+
+def _without_clocks(obj):
+    """A diagnosis with every wall-clock figure removed (they differ between any two runs)."""
+    clock = ("latency", "seconds", "created", "timings", "fit_s", "run_s", "cost", "per_1000")
+    if isinstance(obj, dict):
+        return {k: _without_clocks(v) for k, v in obj.items() if not any(c in k for c in clock)}
+    if isinstance(obj, list):
+        return [_without_clocks(v) for v in obj]
+    return obj
+
+
+def test_diagnose_on_ray_matches_local(movielens):
+    from recfunnel.config import DiagnoseConfig
+    from recfunnel.evaluate.diagnose import run_diagnosis
+
+    base = {"protocol": {"name": "cold-start", "n_users": 25}, "seeds": [0, 1],
+            "pipelines": ["popularity", "cf"], "diagnose": {"baseline": "popularity"}}  # fmt: skip
+    local = run_diagnosis(parse_config(base, cls=DiagnoseConfig), dataset=movielens)
+    remote = run_diagnosis(
+        parse_config({**base, "engine": {"kind": "ray", "batch_size": 10}}, cls=DiagnoseConfig),
+        dataset=movielens,
+    )
+    assert_same(_without_clocks(remote), _without_clocks(local), "diagnosis")
+
+
+def assert_same(a, b, where):
+    """Equal structure and strings; numbers to 1e-4. Scores are float32 sums whose last
+    bits depend on the BLAS batch size, so score-derived figures (Cohen's d, AUC) move in
+    the 6th digit; the order-based metrics are checked exactly above."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and set(a) == set(b), where
+        for k in b:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, list):
+        assert isinstance(a, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(b, float) and isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4, nan_ok=True), where
+    else:
+        assert a == b, where
