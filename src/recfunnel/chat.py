@@ -209,9 +209,8 @@ class PreferenceParser:
         return up
 
     def _titles(self, text: str) -> list[int]:
-        named, _ = self.service._titles.mentions(text, COMMON)
-        pop = self.service._popularity
-        return [max(ids, key=lambda i: (pop[i], -i)) for ids in named.values()]
+        named, _ = self.service.titles.mentions(text, COMMON)
+        return [self.service.most_rated(ids) for ids in named.values()]
 
     def _years(self, text: str, state: ChatState) -> bool:
         m = re.search(r"\b(?:(19|20)?(\d)0)'?s\b", text)
@@ -275,8 +274,8 @@ class ChatAgent:
         cfg = self.service.config.chat
         now = time.monotonic()
         with self._lock:
-            for sid in [s for s, (t, _) in self._sessions.items() if now - t > cfg.ttl_s]:
-                del self._sessions[sid]
+            while self._sessions and now - next(iter(self._sessions.values()))[0] > cfg.ttl_s:
+                self._sessions.popitem(last=False)  # the least recently used come first
             if session_id and session_id in self._sessions:
                 _, st = self._sessions.pop(session_id)
             else:
@@ -381,7 +380,7 @@ class ChatAgent:
         """The filter tool over a ranked pool: avoided genres, the year range, disliked and
         shown items out; wanted genres first (each group keeps the pool's order)."""
         catalog = self.service.data.catalog
-        genres, years = catalog.frame["genres"], catalog.years
+        genres, years = catalog.genre_sets, catalog.years
         avoid, want = set(st.avoid_genres), set(st.genres)
         drop = set(st.disliked) | set(st.shown) | set(st.liked)
         lo = -np.inf if st.year_min is None else st.year_min
@@ -390,7 +389,7 @@ class ChatAgent:
 
         def run(items: np.ndarray) -> np.ndarray:
             items = items[items >= 0]
-            gs = [set(genres.iloc[int(i)]) for i in items]
+            gs = [genres[int(i)] for i in items]
             y = years[items]
             ok = np.array([int(i) not in drop and not g & avoid for i, g in zip(items, gs,
                                                                                strict=True)],

@@ -51,11 +51,16 @@ def with_seed(config: BaseModel, seed: int) -> BaseModel:
     )
 
 
+def llm_key(config: LLMConfig) -> str:
+    """Where a run's ``fitted`` dict keeps the model loaded for ``config``."""
+    return "llm:" + config.model_dump_json()
+
+
 def shared_llm(config: LLMConfig, shared: dict[str, Any]) -> LLM:
     """One loaded model per distinct LLM config in a run (loading is the slow part)."""
     from recfunnel.llm import build_llm
 
-    key = "llm:" + config.model_dump_json()
+    key = llm_key(config)
     if key not in shared:
         shared[key] = build_llm(config)
     llm: LLM = shared[key]

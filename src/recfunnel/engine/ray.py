@@ -27,6 +27,9 @@ from recfunnel.funnel import FunnelResult
 from recfunnel.types import CandidateBatch, Catalog, Split
 
 SEP = "|"
+COUNTS = ("_calls", "_tokens", "explained")
+"""Endings of stage figures that are totals (summed over batches), not per-user rates
+("llm_calls" is a total, "llm_calls_per_user" a rate)."""
 PASSED_ENV = ("RECFUNNEL_CACHE", "RECFUNNEL_DATA", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
 
 
@@ -108,7 +111,7 @@ def unpack(cols: dict[str, np.ndarray]) -> tuple[FunnelResult, dict[str, Any]]:
         for stage, st in m["stats"].items():
             into = stats.setdefault(stage, {})
             for key, v in st.items():
-                counted = key in COUNTS or key.endswith(("_calls", "_tokens", "explained"))
+                counted = key.endswith(COUNTS)
                 into[key] = into.get(key, 0.0) + (v if counted else v * m["n"] / total)
         for stage, secs in m["timings"].items():
             timings[stage] = timings.get(stage, 0.0) + secs
@@ -130,10 +133,6 @@ def unpack(cols: dict[str, np.ndarray]) -> tuple[FunnelResult, dict[str, Any]]:
     info = next(iter(metas.values()))["info"] if metas else {}
     info["fit_s"] = max((m["info"].get("fit_s", 0.0) for m in metas.values()), default=0.0)
     return FunnelResult(final, trace, timings, {s: v for s, v in stats.items() if v}), info
-
-
-COUNTS = ("llm_calls", "prompt_tokens", "completion_tokens")
-"""Stage figures that are totals (summed over batches), not per-user rates."""
 
 
 def run_on_ray(

@@ -25,6 +25,7 @@ import pybreaker
 
 from recfunnel.config import PipelineConfig, RoutedPipelineConfig
 from recfunnel.data.registry import load_dataset
+from recfunnel.data.splits import ordered_events
 from recfunnel.errors import RecfunnelError, UnknownItem
 from recfunnel.explain import (
     ExplainConfig,
@@ -34,7 +35,7 @@ from recfunnel.explain import (
     template_reason,
     title_forms,
 )
-from recfunnel.funnel import Funnel, FunnelResult, cut
+from recfunnel.funnel import Funnel, FunnelResult, cut, llm_key
 from recfunnel.llm.base import LLM, LLMConfig, LLMUnavailable, Usage
 from recfunnel.route import RoutedFunnel
 from recfunnel.serve.config import ServeConfig
@@ -108,27 +109,25 @@ class Service:
         configs = llm_configs(config.pipeline)
         if llm is not None:
             for c in configs:
-                fitted["llm:" + c.model_dump_json()] = llm
+                fitted[llm_key(c)] = llm
         self.routed: RoutedFunnel | None = None
         self.single: Funnel | None = None
         if isinstance(config.pipeline, RoutedPipelineConfig):
             self.routed = RoutedFunnel(config.pipeline, config.seed, fitted).fit(inter, catalog)
         else:
             self.single = Funnel(config.pipeline, config.seed, fitted).fit(inter, catalog)
-        self.llm: LLM | None = next(
-            (v for key, v in fitted.items() if key.startswith("llm:")), None
-        )
+        self.llm: LLM | None = fitted[llm_key(configs[0])] if configs else None
         self.explainer: Explainer | None = None
         if self.llm is not None and config.explain_llm_top:
             ecfg = ExplainConfig(top_k=config.explain_llm_top, llm=configs[0])
             self.explainer = Explainer(ecfg, self.llm).fit(catalog)
-        frame = inter.frame.sort_values(["user", "timestamp"], kind="stable")
-        bounds = np.searchsorted(frame["user"].to_numpy(), np.arange(inter.n_users + 1))
-        items = frame["item"].to_numpy()
+        events = ordered_events(inter, config.seed, self.data.timestamps_real)
+        bounds = np.searchsorted(events["user"].to_numpy(), np.arange(inter.n_users + 1))
+        items = events["item"].to_numpy()
         self._history = [items[bounds[u] : bounds[u + 1]] for u in range(inter.n_users)]
-        self._titles = TitleIndex(catalog)
+        self.titles = TitleIndex(catalog)
         self._norm_titles = [normalize(t) for t in catalog.frame["title"].astype(str)]
-        self._popularity = inter.item_counts()
+        self.popularity = inter.item_counts()
         self._item_ids = catalog.ids_of(np.arange(catalog.n_items))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recfunnel-llm")
         self._lock = threading.Lock()
@@ -180,11 +179,15 @@ class Service:
         if isinstance(ref, str) and ref.strip():
             forms = [f for f in (normalize(ref), *sorted(title_forms(ref))) if f]
             for form in forms:
-                hits = self._titles.by_form.get(form)
+                hits = self.titles.by_form.get(form)
                 if hits:
-                    return max(hits, key=lambda i: (self._popularity[i], -i))
+                    return self.most_rated(hits)
             raise UnknownItem(f"no catalog title matches {ref.strip()[:80]!r}")
         raise UnknownItem(f"{ref!r} is not an item id or title")
+
+    def most_rated(self, items: set[int]) -> int:
+        """The one a shared title means: the most rated (lowest index on ties)."""
+        return max(items, key=lambda i: (self.popularity[i], -i))
 
     def route_of(self, request: Request) -> tuple[str, Funnel]:
         if self.routed is not None:
@@ -329,11 +332,12 @@ class Service:
     ) -> list[Item]:
         """The answer's items with scores and reasons; anything that is not one of the
         funnel's candidates is dropped and counted (it cannot happen; the guard proves it)."""
+        shown = final.items[0][final.items[0] != PAD]
         stage_score: dict[int, float] = {}
         for batch in res.trace.values():  # later stages overwrite earlier ones
-            for i, s in zip(batch.items[0], batch.scores[0], strict=True):
-                if i != PAD:
-                    stage_score[int(i)] = float(s)
+            hit = np.isin(batch.items[0], shown)
+            stage_score.update(zip(batch.items[0][hit].tolist(), batch.scores[0][hit].tolist(),
+                                   strict=True))  # fmt: skip
         llm_reasons = {e.item: e for e in (res.explanations or [[]])[0]}
         cat = self.data.catalog
         out = []
@@ -376,7 +380,7 @@ class Service:
         hits = [i for i, t in enumerate(self._norm_titles) if all(w in t for w in words)]
         first = words[0]
         hits.sort(key=lambda i: (not self._norm_titles[i].startswith(first),
-                                 -self._popularity[i], i))  # fmt: skip
+                                 -self.popularity[i], i))  # fmt: skip
         frame = self.data.catalog.frame
         return [
             {"item_id": self.data.catalog.ids_of([i])[0], "title": str(frame["title"].iloc[i]),
@@ -387,7 +391,7 @@ class Service:
     def warmup(self) -> None:
         """Load what the first request would otherwise wait for (model, embedder)."""
         t0 = time.perf_counter()
-        popular = [int(i) for i in np.argsort(-self._popularity)[:3]]
+        popular = [int(i) for i in np.argsort(-self.popularity)[:3]]
         for req in (Request(None, np.asarray(popular), "warm-up"),
                     Request(0, self._history[0])):  # fmt: skip
             _, funnel = self.route_of(req)
