@@ -22,7 +22,7 @@ from recfunnel.explain import Explainer, Explanation
 from recfunnel.llm.base import LLM, LLMConfig
 from recfunnel.rank.ltr import LTRRanker
 from recfunnel.rerank.aspects import AspectConfig, AspectReranker
-from recfunnel.rerank.base import Reranker, merge_head
+from recfunnel.rerank.base import Reranker, merge_head, prev_ranks
 from recfunnel.rerank.goal import GoalConfig, GoalReranker
 from recfunnel.rerank.llm import LLMReranker, RerankConfig, build_reranker
 from recfunnel.retrieve.base import Retriever
@@ -200,7 +200,12 @@ class Funnel:
                 final = shuffled_head(final, self.config.rerank.top_n, shuffle_head)
             rerank_input = final
             top = self.config.rerank.top_n
-            head = CandidateBatch(final.items[:, :top], final.scores[:, :top], final.stage)
+            head = CandidateBatch(
+                final.items[:, :top],
+                final.scores[:, :top],
+                final.stage,
+                extras={"prev_rank": prev_ranks(final)[:, :top]},
+            )
             t0 = time.perf_counter()
             rows = None if rerank_rows is None else rerank_rows(requests, head)
             if rows is None:
@@ -231,7 +236,10 @@ class Funnel:
         """Rerank only ``rows``; the others pass through in input order (no LLM score)."""
         assert self.reranker_ is not None
         pick = np.flatnonzero(rows)
-        sub = CandidateBatch(head.items[pick], head.scores[pick], head.stage)
+        prev = prev_ranks(head)
+        sub = CandidateBatch(
+            head.items[pick], head.scores[pick], head.stage, extras={"prev_rank": prev[pick]}
+        )
         done = self.reranker_.rerank([requests[int(i)] for i in pick], sub)
         items, scores = head.items.copy(), head.scores.copy()
         items[pick], scores[pick] = done.items, done.scores
@@ -239,7 +247,7 @@ class Funnel:
         if done.fallback is not None:
             fallback[pick] = done.fallback
         pos = np.where(head.items != PAD, np.arange(head.depth)[None, :], -1)
-        extras: dict[str, np.ndarray] = {"input_pos": pos}
+        extras: dict[str, np.ndarray] = {"input_pos": pos, "prev_rank": prev.copy()}
         if "llm_score" in done.extras:
             extras["llm_score"] = np.full(head.items.shape, np.nan)
         for key, value in done.extras.items():
@@ -328,12 +336,18 @@ def cut(batch: CandidateBatch, k: int) -> CandidateBatch:
 
 
 def shuffled_head(batch: CandidateBatch, top: int, seed: int) -> CandidateBatch:
-    """The batch with each row's first ``top`` items in a seeded random order."""
+    """The batch with each row's first ``top`` items in a seeded random order.
+
+    Only the presentation is shuffled: ``extras["prev_rank"]`` keeps each item's rank in
+    ``batch``, so a reranker that shows or blends in the previous stage's rank still has it.
+    """
     items, scores = batch.items.copy(), batch.scores.copy()
+    ranks = prev_ranks(batch).copy()
     rng = np.random.default_rng(seed)
     for r in range(len(items)):
         n = int((items[r, :top] != PAD).sum())
         perm = rng.permutation(n)
         items[r, :n] = items[r, :n][perm]
         scores[r, :n] = scores[r, :n][perm]
-    return CandidateBatch(items, scores, batch.stage, batch.fallback, batch.extras)
+        ranks[r, :n] = ranks[r, :n][perm]
+    return CandidateBatch(items, scores, batch.stage, batch.fallback, {"prev_rank": ranks})

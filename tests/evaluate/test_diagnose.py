@@ -37,6 +37,10 @@ def test_shuffled_head_permutes_only_the_head():
         assert sorted(s.items[r, :4]) == sorted(items[r, :4])
         assert s.items[r, 4:].tolist() == items[r, 4:].tolist()
     assert not np.array_equal(s.items[:, :4], items[:, :4])
+    # only the listing moves: each item keeps its rank in the input batch
+    ranks = s.extras["prev_rank"]
+    assert (np.take_along_axis(items, ranks, axis=1) == s.items).all()
+    assert ranks[:, 4:].tolist() == [[4, 5], [4, 5]]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,14 @@ def test_position_probe_separates_bias_from_content(split):
     assert p["top10_change"] == 0.0  # the same 10 candidates either way…
     assert p["top1_change"] > 0.5  # …but the top slot follows the shuffle
     assert p["position_corr_shuffled"] == pytest.approx(1.0)
+    # it keeps the input order as given, so it scores exactly the input order's NDCG
+    assert p["ndcg@10_probe_users"] == pytest.approx(p["ndcg@10_input_order"])
+    assert len(p["per_user"]["shuffled"]) == len(p["per_user"]["input_order"]) == 20
+    # blended fully with the ranker's rank, shuffling the listing changes nothing
+    prior = llm_funnel(data, sp, ScriptedLLM(logprobs=prefers_first_slot), blend=1.0)
+    b = probe(prior, sp, prior.run(sp.test.requests, 10))
+    assert b["top1_change"] == 0.0 and abs(b["position_corr_shuffled"]) < 0.3
+    assert b["ndcg@10_shuffled"] == pytest.approx(b["ndcg@10_input_order"])
     reading = llm_funnel(data, sp, ScriptedLLM(logprobs=prefers_high_ids))
     q = probe(reading, sp, reading.run(sp.test.requests, 10))
     assert q["top1_change"] == 0.0 and abs(q["position_corr_shuffled"]) < 0.3

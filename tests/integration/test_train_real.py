@@ -2,6 +2,8 @@
 DPO runs on top, and the saved adapter loads back through the hf back-end, changing the
 model's answers exactly as the trained PEFT model does."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -32,11 +34,15 @@ def tiny(out, **kw):
 def trained(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("reranker")
     cfg = tiny(out, data_dir=str(shared_data))
-    return cfg, train(cfg)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        summary = train(cfg)
+    return cfg, summary, stdout.getvalue()
 
 
 def test_sft_lowers_the_loss_on_its_batch_and_dpo_follows(trained):
-    cfg, summary = trained
+    cfg, summary, stdout = trained
+    assert stdout == ""  # the trainers' step logs go to stderr: `--json` output stays JSON
     loss = summary["sft"]["loss"]  # one batch (both examples), logged before each update
     assert summary["examples"] == 2 and summary["sft"]["steps"] == 4 and len(loss) == 4
     assert loss[-1] < 0.8 * loss[0]
@@ -51,7 +57,7 @@ def test_sft_lowers_the_loss_on_its_batch_and_dpo_follows(trained):
 def test_adapter_round_trip_through_the_hf_backend(trained, shared_data):
     from peft import PeftModel
 
-    cfg, _ = trained
+    cfg, _, _ = trained
     examples, _ = make_examples(cfg)
     msgs, labels = examples[0].messages, examples[0].labels
     base = HFLLM(LLMConfig(backend="hf", cache=False))

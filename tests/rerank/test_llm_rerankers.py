@@ -126,6 +126,31 @@ def test_blend_weighs_the_previous_stage():
     assert sorted(mid.items[0].tolist()) == rows[0]
 
 
+def shown_ranks(prompt: str) -> dict[int, int]:
+    """Item -> the ranker's rank printed beside it (show_prev_rank)."""
+    return {int(line.split("Film ")[1][:2]): int(line.split("rank: ")[1].rstrip(")"))
+            for line in prompt.splitlines() if "rank: " in line}  # fmt: skip
+
+
+def test_a_shuffled_input_keeps_the_previous_ranks():
+    """The position probe shuffles where candidates are listed, not what the ranker said:
+    the prompt still shows each item's rank and a full blend restores the ranker's order."""
+    rows = [[11, 12, 13, 14, 15]]
+    shuffled = head([[13, 15, 11, 14, 12]])
+    shuffled.extras["prev_rank"] = np.array([[2, 4, 0, 3, 1]])
+    llm = ScriptedLLM(logprobs=prefers_first_slot)
+    rr = make(VerbalizerReranker, llm, top_n=5, show_prev_rank=True, blend=1.0)
+    out = rr.rerank(REQS[:1], shuffled)
+    assert titles_in(llm.prompts[0]) == [13, 15, 11, 14, 12]  # listed as shuffled
+    assert shown_ranks(llm.prompts[0]) == {11: 1, 12: 2, 13: 3, 14: 4, 15: 5}
+    assert out.items.tolist() == rows  # the prior is the ranker's rank, not the listing
+    assert out.extras["input_pos"][0].tolist() == [2, 4, 0, 3, 1]
+    assert out.extras["prev_rank"][0].tolist() == [0, 1, 2, 3, 4]
+    # without a prior the position-biased model follows the listing
+    plain = make(VerbalizerReranker, ScriptedLLM(logprobs=prefers_first_slot), top_n=5)
+    assert plain.rerank(REQS[:1], shuffled).items.tolist() == [[13, 15, 11, 14, 12]]
+
+
 def test_pointwise_reads_p_yes_and_ignores_shuffles():
     def yes_for_even(prompt, options):
         item = int(prompt.split("enjoy this item: Film ")[1][:2])

@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 
 from recfunnel.data import load_dataset
-from recfunnel.data.splits import leave_last_out
+from recfunnel.data.splits import cold_start, leave_last_out
+from recfunnel.errors import ConfigError
 from recfunnel.explain import TitleIndex, grounding_errors
 from recfunnel.llm.prompts import PromptStyle
 from recfunnel.retrieve.cf import CFConfig, CFRetriever
+from recfunnel.retrieve.popularity import PopularityConfig, PopularityRetriever
 from recfunnel.train.examples import build_examples, held_out
+from recfunnel.types import Request
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +82,98 @@ def test_same_seed_same_examples(built, shared_data):
     )
     assert [e.candidates for e in again] == [e.candidates for e in ex]
     assert np.array_equal(again[5].history, ex[5].history)
+
+
+@pytest.fixture(scope="module")
+def cold(shared_data):
+    """The cold-start shape: first 5 items as history, popularity's top 20 with their
+    ranks shown, later liked items as positives; test users of 3 seeds held out."""
+    data = load_dataset("ml-latest-small", shared_data)
+    splits = [cold_start(data, seed=s, n_users=100) for s in (0, 1, 2)]
+    held: dict[int, set[int]] = {}
+    for sp in splits:
+        for user, items in held_out(sp).items():
+            held.setdefault(user, set()).update(items)
+    pop = PopularityRetriever(PopularityConfig(kind="popularity")).fit(
+        splits[0].train, data.catalog
+    )
+    style = PromptStyle(noun="movie", history_items=5, title_chars=40, show_prev_rank=True)
+    ex = build_examples(
+        splits[0], data.catalog, pop, n_lists=30, shuffles=3, candidates=20, style=style,
+        seed=1, history_cut=5, rejected="random", held=held,
+    )  # fmt: skip
+    return data, splits, held, pop, ex
+
+
+def test_cold_lists_are_the_retrievers_top_with_true_ranks(cold):
+    _, splits, held, pop, ex = cold
+    assert len(ex) == 90 and len({e.user for e in ex}) == 30
+    train = splits[0].train.frame
+    for e in ex[::3]:
+        seq = train[train["user"] == e.user].sort_values(["timestamp", "item"])
+        assert e.history.tolist() == seq["item"].to_numpy()[:5].tolist()
+        later = seq.iloc[5:]
+        liked = set(later.loc[later["rating"] >= 4.0, "item"].tolist())
+        assert e.target in e.positives and set(e.positives) <= liked
+        assert not held.get(e.user, set()) & {*e.candidates, *e.positives}
+        top = pop.retrieve([Request(e.user, e.history)], 20).items[0].tolist()
+        shown = {
+            int(line.split(" (ranker's rank: ")[1].rstrip(")")): line
+            for line in e.messages[-1]["content"].splitlines()
+            if "ranker's rank" in line
+        }
+        # the list is the retriever's own top 20 (nothing held out was in it here), and
+        # every shown rank is the item's true rank in it
+        assert sorted(e.candidates) == sorted(top)
+        for rank, line in shown.items():
+            label = line.split(".")[0]
+            assert top[rank - 1] == e.candidates[e.labels.index(label)]
+
+
+def test_cold_lists_never_use_a_test_user_of_any_seed(cold):
+    _, splits, _, _, ex = cold
+    tested = {int(r.user) for sp in splits for r in sp.test.requests}
+    assert not tested & {e.user for e in ex}
+
+
+def test_random_rejected_letters_are_wrong_and_spread(cold):
+    _, _, _, _, ex = cold
+    wrong = [e for e in ex if e.rejected_kind == "position"]
+    assert len(wrong) == len(ex)  # 20 candidates always hold a non-positive here
+    for e in wrong:
+        label = e.rejected.split("\n", 1)[0]
+        assert e.candidates[e.labels.index(label)] not in e.positives
+    first = sum(e.rejected.startswith(f"{e.labels[0]}\n") for e in wrong)
+    assert first < len(wrong) / 4  # not the first-listed letter (that taught "avoid A")
+    # shuffles of one list take different positives as their target where it has several
+    by_user: dict[int, set[int]] = {}
+    for e in ex:
+        if len(e.positives) >= 3:
+            by_user.setdefault(e.user, set()).add(e.target)
+    assert by_user and all(len(t) == 3 for t in by_user.values())
+
+
+def test_bad_history_cut_is_refused(cold):
+    data, splits, _, pop, _ = cold
+    with pytest.raises(ConfigError, match="history_cut"):
+        build_examples(splits[0], data.catalog, pop, n_lists=2, shuffles=1, candidates=5,
+                       style=PromptStyle(), history_cut=0)  # fmt: skip
+
+
+def test_make_examples_holds_out_every_evaluation_seed(shared_data):
+    """`recfunnel train` with the cold-start protocol: no list from a user that any of the
+    evaluation seeds tests (each seed draws other test users)."""
+    from recfunnel.train.tune import TrainConfig, make_examples
+
+    cfg = TrainConfig.model_validate({
+        "data_dir": str(shared_data), "eval_seeds": [0, 1, 2],
+        "protocol": {"name": "cold-start", "n_users": 100, "history": 5},
+        "examples": {"lists": 200, "shuffles": 1, "candidates": 20, "history_cut": 5,
+                     "show_prev_rank": True, "retriever": {"kind": "popularity"}},
+    })  # fmt: skip
+    ex, style = make_examples(cfg)
+    data = load_dataset("ml-latest-small", shared_data)
+    tested = {int(r.user) for s in (0, 1, 2)
+              for r in cold_start(data, seed=s, n_users=100).test.requests}  # fmt: skip
+    assert len(tested) > 150 and style.show_prev_rank
+    assert len(ex) == 200 and not tested & {e.user for e in ex}

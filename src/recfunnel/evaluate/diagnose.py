@@ -68,6 +68,11 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
         a, b = out.final.items[:m, :10], shuffled.final.items[:, :10]
         stage = shuffled.trace[funnel.reranker_.stage]
         truth, n_items = split.test.truth[:m], funnel.catalog_.n_items
+        assert out.rerank_input is not None
+        ndcg = {  # per user: reranked as shown, reranked shuffled, the reranker's input order
+            key: evaluate(x, truth, ["ndcg@10"], n_items).per_user["ndcg@10"]
+            for key, x in (("in", a), ("shuffled", b), ("input", out.rerank_input.items[:m]))
+        }
         return {
             "stage": funnel.reranker_.stage,
             "n_users": m,
@@ -75,8 +80,10 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
             "top1_change": float(np.mean(a[:, 0] != b[:, 0])),
             "position_corr_shuffled": dg.position_correlation(stage.extras["input_pos"]),
             # quality when the reranker cannot lean on the ranker's order, same users
-            "ndcg@10_shuffled": evaluate(b, truth, ["ndcg@10"], n_items).means["ndcg@10"],
-            "ndcg@10_probe_users": evaluate(a, truth, ["ndcg@10"], n_items).means["ndcg@10"],
+            "ndcg@10_shuffled": float(ndcg["shuffled"].mean()),
+            "ndcg@10_probe_users": float(ndcg["in"].mean()),
+            "ndcg@10_input_order": float(ndcg["input"].mean()),
+            "per_user": {"shuffled": ndcg["shuffled"], "input_order": ndcg["input"]},
         }
 
     return probe
@@ -183,8 +190,15 @@ def stage_report(
             "position_corr_shuffled",
             "ndcg@10_shuffled",
             "ndcg@10_probe_users",
+            "ndcg@10_input_order",
         ):
             out[key] = _num(np.mean([p[key] for p in probes])) if probes else None
+        if probes:  # does the reranker beat its input order without seeing that order?
+            test = paired_test(
+                np.concatenate([p["per_user"]["shuffled"] for p in probes]),
+                np.concatenate([p["per_user"]["input_order"] for p in probes]),
+            )
+            out["shuffled_vs_input_order"] = {k: _num(v) for k, v in test.to_json().items()}
         stats = [r.funnel_result.stats.get(name, {}) for r in runs if r.funnel_result]
         for key in ("invalid_rate", "invalid_row_rate", "order_agreement"):
             got = np.array([s.get(key, np.nan) for s in stats], np.float64)
@@ -246,6 +260,12 @@ def pipeline_report(
         "metrics": metrics,
         "cost": cost,
         "calibration": [r.calibration for r in runs] if runs[0].calibration else None,
+        "explain": {  # grounding of the explanations (rates over explained items)
+            k: _num(np.mean([r.metrics[k] for r in runs]))
+            for k in runs[0].metrics
+            if k.startswith("explain_")
+        }
+        or None,
         "stages": {s: stage_report(s, runs, truths, n_items, d.bootstrap) for s in trace},
     }
 

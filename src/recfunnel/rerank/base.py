@@ -36,6 +36,14 @@ class Reranker(abc.ABC):
         return {}
 
 
+def prev_ranks(batch: CandidateBatch) -> np.ndarray:
+    """Each item's rank in the previous stage: ``extras["prev_rank"]`` when the input was
+    shuffled (the ranker's order survives as data), else its position; -1 for padding."""
+    if "prev_rank" in batch.extras:
+        return batch.extras["prev_rank"]
+    return np.where(batch.items != PAD, np.arange(batch.depth)[None, :], -1)
+
+
 def merge_head(head: CandidateBatch, full: CandidateBatch) -> CandidateBatch:
     """The reranked head followed by the rest of ``full`` in its own order.
 

@@ -38,7 +38,7 @@ from recfunnel.llm.prompts import (
     pointwise_prompt,
     verbalizer_prompt,
 )
-from recfunnel.rerank.base import Reranker
+from recfunnel.rerank.base import Reranker, prev_ranks
 from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,14 @@ class RerankConfig(BaseModel):
 
 @dataclass
 class Job:
-    """One presented list: request ``row``, items in presented order, their input ranks."""
+    """One presented list: request ``row``, items in presented order, where each sits in
+    the stage's input (``positions``) and its previous-stage rank (``prev_ranks``, shown in
+    the prompt with ``show_prev_rank``; equal to ``positions`` unless the input was
+    shuffled, as the position probe does)."""
 
     row: int
     items: np.ndarray
+    positions: np.ndarray
     prev_ranks: np.ndarray
 
 
@@ -184,11 +188,14 @@ class LLMReranker(Reranker):
     def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
         usage_before = self.llm.usage.copy()
         n_rows, depth = head.items.shape
+        prev = prev_ranks(head)
         jobs: list[Job] = []
         for r in range(n_rows):
             valid = np.flatnonzero(head.items[r] != PAD)
             for order in self._orders(requests[r], len(valid)):
-                jobs.append(Job(r, head.items[r, valid][order], valid[order]))
+                jobs.append(
+                    Job(r, head.items[r, valid][order], valid[order], prev[r, valid][order])
+                )
         scored = self._batched(requests, jobs)
 
         raw = np.full((n_rows, depth), np.nan)  # LLM score of each input position
@@ -212,8 +219,8 @@ class LLMReranker(Reranker):
             ranks = np.full((len(pairs), n), np.nan)
             for o, (job, sc) in enumerate(pairs):
                 assert sc is not None
-                per_order[o, job.prev_ranks] = sc.scores
-                ranks[o, job.prev_ranks] = rankdata(-sc.scores, method="average")
+                per_order[o, job.positions] = sc.scores
+                ranks[o, job.positions] = rankdata(-sc.scores, method="average")
                 outputs += sc.outputs
                 invalid_outputs += sc.invalid
                 invalid_rows[r] |= sc.invalid > 0
@@ -241,18 +248,19 @@ class LLMReranker(Reranker):
             extras={
                 "llm_score": raw,
                 "input_pos": np.where(head.items != PAD, np.arange(depth)[None, :], -1),
+                "prev_rank": prev,
             },
         )
         return self.reorder(in_order, self.config.blend)
 
-    def prior(self, items: np.ndarray, input_pos: np.ndarray) -> np.ndarray:
+    def prior(self, items: np.ndarray, prev_rank: np.ndarray) -> np.ndarray:
         """What the LLM score is blended with: the previous stage's rank (linear, 1 at its
         top, 0 at its bottom) or log-popularity in the training data."""
         valid = items != PAD
         if self.config.blend_with == "popularity":
             return np.where(valid, self.popularity_[np.where(valid, items, 0)], np.nan)
         n = valid.sum(axis=1, keepdims=True)
-        return np.where(valid, (n - 1 - input_pos) / np.maximum(n - 1, 1), np.nan)
+        return np.where(valid, (n - 1 - prev_rank) / np.maximum(n - 1, 1), np.nan)
 
     def reorder(self, batch: CandidateBatch, blend: float) -> CandidateBatch:
         """Order each row by ``(1 - blend)·z(LLM score) + blend·z(prior)``.
@@ -261,12 +269,13 @@ class LLMReranker(Reranker):
         one set of LLM answers. Rows marked ``fallback`` keep their order and scores.
         """
         raw, pos = batch.extras["llm_score"], batch.extras["input_pos"]
-        prior = self.prior(batch.items, pos)
+        prev = batch.extras.get("prev_rank", pos)
+        prior = self.prior(batch.items, prev)
         fallback = (
             batch.fallback if batch.fallback is not None else np.zeros(len(batch), dtype=bool)
         )
         items, scores = batch.items.copy(), batch.scores.copy()
-        new_raw, new_pos = raw.copy(), pos.copy()
+        new_raw, new_pos, new_prev = raw.copy(), pos.copy(), prev.copy()
         for r in np.flatnonzero(~fallback):
             n = int((batch.items[r] != PAD).sum())
             if n == 0:
@@ -278,12 +287,13 @@ class LLMReranker(Reranker):
             scores[r, :n] = final[order]
             new_raw[r, :n] = x[order]
             new_pos[r, :n] = pos[r, :n][order]
+            new_prev[r, :n] = prev[r, :n][order]
         return CandidateBatch(
             items,
             scores,
             self.stage,
             fallback=fallback,
-            extras={"llm_score": new_raw, "input_pos": new_pos},
+            extras={"llm_score": new_raw, "input_pos": new_pos, "prev_rank": new_prev},
         )
 
     def _summarise(

@@ -46,6 +46,10 @@ class Example:
     chosen: str
     rejected: str
     rejected_kind: Literal["position", "ungrounded"]
+    """"position": a wrong letter (the first listed, or a random one); "ungrounded": the
+    right letter with a reason naming a title the user never saw."""
+    positives: list[int]
+    """Every listed item the user went on to like (the target is one of them)."""
 
     @property
     def target_label(self) -> str:
@@ -64,12 +68,22 @@ def held_out(split: Split) -> dict[int, set[int]]:
     return out
 
 
-def _sequences(split: Split, min_history: int, seed: int) -> dict[int, np.ndarray]:
-    """Training items per user in the split's own order (time, ties by item), users with
-    enough history."""
+def _sequences(
+    split: Split, min_history: int, seed: int, relevance: float | None
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per user with enough history: training items in the split's own order (time, ties by
+    item) and whether each counts as liked (rating >= ``relevance``; all without ratings)."""
     events = ordered_events(split.train, seed)
-    g = events.groupby("user")["item"]
-    return {int(u): s.to_numpy() for u, s in g if len(s) > min_history}  # type: ignore[arg-type]
+    liked = np.ones(len(events), dtype=bool)
+    if relevance is not None and split.train.has_ratings:
+        liked = events["rating"].to_numpy() >= relevance
+    events = events.assign(liked=liked)
+    groups = events.groupby("user")
+    return {
+        int(u): (g["item"].to_numpy(), g["liked"].to_numpy())  # type: ignore[arg-type]
+        for u, g in groups
+        if len(g) > min_history
+    }
 
 
 def _shuffles(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -96,45 +110,98 @@ def build_examples(
     style: PromptStyle,
     seed: int = 0,
     min_history: int = 3,
+    history_cut: int | None = None,
+    relevance: float | None = 4.0,
+    rejected: Literal["first", "random"] = "first",
+    held: dict[int, set[int]] | None = None,
 ) -> list[Example]:
-    """``n_lists`` users × ``shuffles`` orders. ``retriever`` must be fitted on
-    ``split.train``; a user's held-out (validation, test) items are never used."""
+    """``n_lists`` lists × ``shuffles`` orders. ``retriever`` must be fitted on
+    ``split.train``; a user's held-out (validation, test) items are never used.
+
+    Two shapes of list:
+
+    - ``history_cut=None`` (LlamaRec's next item): history = all training items but the
+      last, the target = the last; the candidates are the retriever's best others plus the
+      target. With ``style.show_prev_rank`` the list is instead the retriever's own top
+      ``candidates`` (so every shown rank is true) and users whose target is not in it are
+      skipped.
+    - ``history_cut=n`` (the cold-start protocol): history = the user's first ``n`` items,
+      the list = the retriever's top ``candidates`` for that history, the positives = the
+      user's later liked items in it (users with none are skipped); each shuffle's target
+      is another positive where there are several.
+
+    ``held`` (default: the split's validation and test items per user) are never used;
+    pass the union over every split the adapter will be evaluated on.
+
+    ``rejected`` picks the DPO's losing answer: ``"first"`` = the first listed candidate
+    (the input-order-keeping answer), ``"random"`` = a random non-positive candidate; a
+    right letter with an ungrounded reason when no such candidate exists.
+    """
     if candidates < 2:
         raise ConfigError("a training list needs at least 2 candidates")
+    if history_cut is not None and history_cut < 1:
+        raise ConfigError(f"examples.history_cut must be >= 1, got {history_cut}")
     rng = np.random.default_rng(seed)
-    seqs = _sequences(split, min_history, seed)
+    seqs = _sequences(split, max(min_history, history_cut or 0), seed, relevance)
     if not seqs:
         raise ConfigError(f"no training user has more than {min_history} items")
     users = np.array(sorted(seqs))
-    users = users[rng.permutation(len(users))[:n_lists]]
-    held = held_out(split)
+    users = users[rng.permutation(len(users))]
+    if history_cut is None and not style.show_prev_rank:
+        users = users[:n_lists]  # every user yields a list: no need to look further
+    held = held_out(split) if held is None else held
     titles = catalog.frame["title"].astype(str).to_numpy()
-    reqs = [Request(int(u), seqs[int(u)][:-1]) for u in users]
+    cut = history_cut
+    reqs = [Request(int(u), seqs[int(u)][0][:-1] if cut is None else seqs[int(u)][0][:cut])
+            for u in users]  # fmt: skip
     pools = retriever.retrieve(reqs, candidates + 50)
     out: list[Example] = []
+    lists = 0
     for r, u in enumerate(users):
-        seq, req = seqs[int(u)], reqs[r]
-        target = int(seq[-1])
-        banned = held.get(int(u), set()) | {target}
-        negs = [int(i) for i in pools.items[r] if i != PAD and int(i) not in banned]
-        if len(negs) < candidates - 1:
-            continue  # too few candidates for this user: skip, never pad with held items
-        listed = np.array([*negs[: candidates - 1], target])
+        if lists == n_lists:
+            break
+        (seq, liked), req = seqs[int(u)], reqs[r]
+        later = seq[-1:] if cut is None else seq[cut:][liked[cut:]]
+        positives = {int(i) for i in later} - {int(i) for i in req.history}
+        banned = held.get(int(u), set())
+        ranked = [int(i) for i in pools.items[r] if i != PAD and int(i) not in banned]
+        if cut is None and not style.show_prev_rank:  # the target joins the best others
+            target = int(seq[-1])
+            negs = [i for i in ranked if i != target]
+            if len(negs) < candidates - 1:
+                continue  # too few candidates for this user: skip, never pad with held items
+            listed = [*negs[: candidates - 1], target]
+        else:  # the retriever's own top list: its ranks are true
+            listed = ranked[:candidates]
+        hits = [i for i in listed if i in positives]
+        if len(listed) < candidates or not hits:
+            continue
+        lists += 1
+        ranks = np.arange(candidates)
+        targets = [hits[j] for j in rng.permutation(len(hits))]
         for s, perm in enumerate(_shuffles(candidates, shuffles, rng)):
-            cands = [int(i) for i in listed[perm]]
-            msgs, labels = verbalizer_prompt(catalog, req.history, cands, style)
+            cands = [listed[j] for j in perm]
+            msgs, labels = verbalizer_prompt(catalog, req.history, cands, style, ranks[perm])
+            target = targets[s % len(targets)]
             label = labels[cands.index(target)]
             chosen = f"{label}\n{template_reason(catalog, target, req.history)}"
-            if cands[0] != target:
-                rejected = f"{labels[0]}\n{template_reason(catalog, cands[0], req.history)}"
+            wrong = [j for j, i in enumerate(cands) if i not in positives]
+            pick = (0 if cands[0] not in positives else None) if rejected == "first" else (
+                int(rng.choice(wrong)) if wrong else None)  # fmt: skip
+            if pick is not None:
+                lose = cands[pick]
+                bad = f"{labels[pick]}\n{template_reason(catalog, lose, req.history)}"
                 kind: Literal["position", "ungrounded"] = "position"
             else:
                 allowed = {*cands, *(int(i) for i in req.history)}
                 other = next(int(i) for i in rng.permutation(len(titles)) if int(i) not in allowed)
-                rejected = f"{label}\nBecause you liked {titles[other]}, you will like it."
+                bad = f"{label}\nBecause you liked {titles[other]}, you will like it."
                 kind = "ungrounded"
+            shown = sorted(positives & set(cands))
             out.append(
-                Example(int(u), req.history, target, cands, s, msgs, labels, chosen, rejected, kind)
+                Example(
+                    int(u), req.history, target, cands, s, msgs, labels, chosen, bad, kind, shown
+                )
             )
     return out
 

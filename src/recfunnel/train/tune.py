@@ -10,24 +10,26 @@ the base model (``llm = { backend = "hf", adapter = "runs/reranker/sft+dpo" }``)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfunnel.config import RetrieverConfig
+from recfunnel.config import LeaveLastOutConfig, ProtocolConfig, RetrieverConfig
 from recfunnel.data import load_dataset
-from recfunnel.data.splits import leave_last_out
+from recfunnel.data.splits import make_split
 from recfunnel.errors import MissingDependency
 from recfunnel.llm.base import LLMConfig
 from recfunnel.llm.prompts import PromptStyle
 from recfunnel.retrieve.cf import CFConfig
-from recfunnel.train.examples import Example, build_examples, dpo_rows, sft_rows
+from recfunnel.train.examples import Example, build_examples, dpo_rows, held_out, sft_rows
 
 log = logging.getLogger(__name__)
 _INSTALL = "pip install 'recfunnel[train]'"
@@ -46,6 +48,19 @@ class ExamplesConfig(_Strict):
     history_items: int = Field(10, ge=1)
     title_chars: int = Field(40, ge=8)
     min_history: int = Field(3, ge=1)
+    history_cut: int | None = Field(
+        None,
+        ge=1,
+        description="None: the target is each user's last training item (LlamaRec); n: "
+        "history = the first n items, positives = later liked items (cold-start)",
+    )
+    relevance: float | None = Field(4.0, description="min rating of a positive (history_cut)")
+    show_prev_rank: bool = Field(
+        False, description="print the retriever's rank of each candidate (as the reranker must)"
+    )
+    rejected: Literal["first", "random"] = Field(
+        "first", description="DPO's losing letter: the first listed, or a random wrong one"
+    )
     retriever: RetrieverConfig = Field(
         default_factory=lambda: CFConfig(kind="cf", model="als"),
         description="hard negatives: its best candidates other than the target",
@@ -90,6 +105,13 @@ class TrainConfig(_Strict):
     seed: int = 0
     model: str = "smollm2-135m"
     out: str = "runs/reranker"
+    protocol: ProtocolConfig = Field(
+        default_factory=LeaveLastOutConfig, description="the evaluation's protocol"
+    )
+    eval_seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        description="seeds the adapter is evaluated on: their held-out items are never used",
+    )
     threads: int | None = Field(None, ge=1)
     examples: ExamplesConfig = Field(default_factory=ExamplesConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
@@ -112,12 +134,21 @@ def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
     from recfunnel.funnel import build_retriever
 
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    split = leave_last_out(data, seed=cfg.seed)
+    protocol = cfg.protocol.model_dump()
+    name = protocol.pop("name")
+    split = make_split(data, name, cfg.seed, **protocol)
+    held = held_out(split)
+    for seed in cfg.eval_seeds:  # cold-start draws other test users on every seed
+        for user, items in held_out(make_split(data, name, seed, **protocol)).items():
+            held.setdefault(user, set()).update(items)
     ex = cfg.examples
     retriever = build_retriever(ex.retriever.model_copy(update={"seed": cfg.seed}))
     retriever.fit(split.train, data.catalog)
     style = PromptStyle(
-        noun=data.catalog.noun, history_items=ex.history_items, title_chars=ex.title_chars
+        noun=data.catalog.noun,
+        history_items=ex.history_items,
+        title_chars=ex.title_chars,
+        show_prev_rank=ex.show_prev_rank,
     )
     examples = build_examples(
         split,
@@ -129,6 +160,10 @@ def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
         style=style,
         seed=cfg.seed,
         min_history=ex.min_history,
+        history_cut=ex.history_cut,
+        relevance=ex.relevance,
+        rejected=ex.rejected,
+        held=held,
     )
     return examples, style
 
@@ -156,6 +191,11 @@ def _args(
         disable_tqdm=False,
         **extra,
     )
+
+
+def _logs_to_stderr() -> contextlib.AbstractContextManager[Any]:
+    """The trainers print each step's log dict on stdout; keep stdout for `--json`."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _losses(history: list[dict[str, Any]], key: str = "loss") -> list[float]:
@@ -207,7 +247,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         processing_class=tok,
         peft_config=lora,
     )
-    sft.train()
+    with _logs_to_stderr():
+        sft.train()
     summary["sft"] = {
         "seconds": time.perf_counter() - t1,
         "loss": _losses(sft.state.log_history),
@@ -227,7 +268,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             train_dataset=dpo_data,
             processing_class=tok,
         )
-        dpo.train()
+        with _logs_to_stderr():
+            dpo.train()
         hist = dpo.state.log_history
         summary["dpo"] = {
             "seconds": time.perf_counter() - t2,
