@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recfunnel.data.splits import make_split
 from recfunnel.engine import EngineConfig
 from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import parse_metric
@@ -25,6 +26,7 @@ from recfunnel.retrieve.content import ContentConfig
 from recfunnel.retrieve.fusion import FusionConfig
 from recfunnel.retrieve.popularity import PopularityConfig, RandomConfig
 from recfunnel.retrieve.sasrec import SASRecConfig
+from recfunnel.types import Dataset, Split
 
 RetrieverConfig = Annotated[
     PopularityConfig | RandomConfig | CFConfig | ContentConfig | SASRecConfig,
@@ -84,7 +86,17 @@ class RoutedPipelineConfig(_Strict):
     route: RouteConfig
 
 
-class ColdStartConfig(_Strict):
+class _Protocol(_Strict):
+    """A split protocol: ``name`` picks it, the other fields are its parameters."""
+
+    name: str
+
+    def split(self, data: Dataset, seed: int) -> Split:
+        params = self.model_dump()
+        return make_split(data, params.pop("name"), seed, **params)
+
+
+class ColdStartConfig(_Protocol):
     name: Literal["cold-start"] = "cold-start"
     n_users: int = Field(200, ge=1, description="Test users sampled per seed (all if fewer).")
     history: int = Field(5, ge=0, description="First items by time each test user keeps.")
@@ -98,7 +110,7 @@ class ColdStartConfig(_Strict):
     n_valid: int = Field(0, ge=0, description="Validation users, split like test users.")
 
 
-class LeaveLastOutConfig(_Strict):
+class LeaveLastOutConfig(_Protocol):
     name: Literal["leave-last-out"] = "leave-last-out"
     core: int | None = Field(None, ge=0, description="k-core filter (None: 5, 0 if prefiltered)")
     n_users: int | None = Field(None, ge=1, description="Evaluate a seeded sample of users.")

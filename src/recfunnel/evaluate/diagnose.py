@@ -315,13 +315,10 @@ def pool_sweep(
     sweep = cfg.diagnose.sweep
     if sweep is None:
         return None
-    from recfunnel.data.splits import make_split
-
     pipe = next(p for p in cfg.pipelines if p.name == sweep.pipeline)
     assert isinstance(pipe, PipelineConfig) and pipe.rerank is not None
-    protocol = cfg.protocol.model_dump()
     seed = cfg.seeds[0]
-    split = make_split(data, protocol.pop("name"), seed, **protocol)
+    split = cfg.protocol.split(data, seed)
     m = len(split.test) if sweep.users is None else min(sweep.users, len(split.test))
     test = EvalSet(split.test.requests[:m], split.test.truth[:m])
     fitted: dict[str, Any] = {}

@@ -17,7 +17,6 @@ import numpy as np
 
 from recfunnel.config import ExperimentConfig, TabularDatasetConfig
 from recfunnel.data.registry import load_dataset
-from recfunnel.data.splits import make_split
 from recfunnel.errors import ConfigError
 from recfunnel.evaluate.metrics import depth_needed, evaluate
 from recfunnel.funnel import FunnelResult
@@ -246,7 +245,7 @@ def run_experiment(
     results: list[RunResult] = []
     genres, groups = data.catalog.genre_matrix, year_groups(data.catalog)
     for seed in cfg.seeds:
-        split = make_split(data, protocol_name, seed, **protocol)
+        split = cfg.protocol.split(data, seed)
         fitted: dict[str, Any] = {}
         counts = split.train.item_counts()
         for pipe in cfg.pipelines:

@@ -268,8 +268,7 @@ class LLMReranker(Reranker):
         The last step of :meth:`rerank`, kept apart so calibration can try many weights on
         one set of LLM answers. Rows marked ``fallback`` keep their order and scores.
         """
-        raw, pos = batch.extras["llm_score"], batch.extras["input_pos"]
-        prev = batch.extras.get("prev_rank", pos)
+        raw, pos, prev = (batch.extras[k] for k in ("llm_score", "input_pos", "prev_rank"))
         prior = self.prior(batch.items, prev)
         fallback = (
             batch.fallback if batch.fallback is not None else np.zeros(len(batch), dtype=bool)

@@ -185,9 +185,11 @@ def build_examples(
             target = targets[s % len(targets)]
             label = labels[cands.index(target)]
             chosen = f"{label}\n{template_reason(catalog, target, req.history)}"
-            wrong = [j for j, i in enumerate(cands) if i not in positives]
-            pick = (0 if cands[0] not in positives else None) if rejected == "first" else (
-                int(rng.choice(wrong)) if wrong else None)  # fmt: skip
+            if rejected == "first":
+                pick = 0 if cands[0] not in positives else None
+            else:
+                wrong = [j for j, i in enumerate(cands) if i not in positives]
+                pick = int(rng.choice(wrong)) if wrong else None
             if pick is not None:
                 lose = cands[pick]
                 bad = f"{labels[pick]}\n{template_reason(catalog, lose, req.history)}"

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recfunnel.config import LeaveLastOutConfig, ProtocolConfig, RetrieverConfig
 from recfunnel.data import load_dataset
-from recfunnel.data.splits import make_split
 from recfunnel.errors import MissingDependency
 from recfunnel.llm.base import LLMConfig
 from recfunnel.llm.prompts import PromptStyle
@@ -134,12 +133,10 @@ def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
     from recfunnel.funnel import build_retriever
 
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    protocol = cfg.protocol.model_dump()
-    name = protocol.pop("name")
-    split = make_split(data, name, cfg.seed, **protocol)
+    split = cfg.protocol.split(data, cfg.seed)
     held = held_out(split)
-    for seed in cfg.eval_seeds:  # cold-start draws other test users on every seed
-        for user, items in held_out(make_split(data, name, seed, **protocol)).items():
+    for seed in set(cfg.eval_seeds) - {cfg.seed}:  # cold-start: other test users per seed
+        for user, items in held_out(cfg.protocol.split(data, seed)).items():
             held.setdefault(user, set()).update(items)
     ex = cfg.examples
     retriever = build_retriever(ex.retriever.model_copy(update={"seed": cfg.seed}))
