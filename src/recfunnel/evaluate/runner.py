@@ -22,6 +22,7 @@ from recfunnel.evaluate.metrics import depth_needed, evaluate
 from recfunnel.funnel import FunnelResult
 from recfunnel.rerank.aspects import year_groups
 from recfunnel.route import RoutedFunnel, build_funnel, by_history
+from recfunnel.train.leakage import check_no_leak
 from recfunnel.types import Dataset, EvalSet, Split
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def run_experiment(
     shuffled-input rerun of ``recfunnel diagnose``); what it returns lands in ``probes``.
     """
     data = dataset if dataset is not None else load_experiment_data(cfg)
+    check_no_leak(cfg, data.name)
     depth = depth_needed(cfg.metrics)
     protocol = cfg.protocol.model_dump()
     protocol_name = protocol.pop("name")
