@@ -23,7 +23,8 @@ def test_shipped_configs_parse(path):
     text = path.read_text()
     if "[sft]" in text:  # a training config
         cfg = load_config(path, TrainConfig)
-        assert cfg.examples.lists * cfg.examples.shuffles >= 256 and cfg.dpo is not None
+        assert cfg.examples.lists * cfg.examples.shuffles >= 256
+        assert (cfg.dpo is None) == (cfg.sft.objective == "listwise")  # DPO needs completions
         return
     if path.name.startswith("serve"):  # a serving config
         from recfunnel.serve.config import ServeConfig
@@ -78,6 +79,28 @@ def test_bad_fields_are_named(data, where):
         parse_config(data, "test.toml")
     assert where in str(err.value)
     assert "test.toml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        ({"examples": {"history_cut": [5, 0]}}, "examples.history_cut"),
+        ({"examples": {"history_cut": []}}, "examples.history_cut"),
+        ({"sft": {"objective": "pairwise"}}, "sft.objective"),
+        ({"dpo": {"objective": "listwise"}}, "dpo.objective"),
+        ({"lora": {"layers": "top"}}, "lora.layers"),
+    ],
+)  # fmt: skip
+def test_bad_training_fields_are_named(data, where):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "train.toml", TrainConfig)
+    assert where in str(err.value) and "train.toml" in str(err.value)
+
+
+def test_training_config_dpo_false_means_sft_only():
+    cfg = parse_config({"dpo": False, "examples": {"history_cut": [5, 10]}}, cls=TrainConfig)
+    assert cfg.dpo is None and cfg.examples.history_cut == [5, 10]
+    assert parse_config({}, cls=TrainConfig).dpo is not None
 
 
 def test_unknown_builtin_pipeline():

@@ -155,9 +155,40 @@ def test_random_rejected_letters_are_wrong_and_spread(cold):
 
 def test_bad_history_cut_is_refused(cold):
     data, splits, _, pop, _ = cold
-    with pytest.raises(ConfigError, match="history_cut"):
-        build_examples(splits[0], data.catalog, pop, n_lists=2, shuffles=1, candidates=5,
-                       style=PromptStyle(), history_cut=0)  # fmt: skip
+    for cut in (0, [5, 0], []):
+        with pytest.raises(ConfigError, match="history_cut"):
+            build_examples(splits[0], data.catalog, pop, n_lists=2, shuffles=1, candidates=5,
+                           style=PromptStyle(), history_cut=cut)  # fmt: skip
+
+
+def test_several_history_cuts_give_one_list_per_cut(cold):
+    """Cuts [5, 10, 20]: a user yields a list at each cut their training sequence is longer
+    than, each with the first ``cut`` items as history and later liked items as positives
+    (none held out); a single cut builds exactly the lists it built before."""
+    data, splits, held, pop, one = cold
+    style = PromptStyle(noun="movie", history_items=5, title_chars=40, show_prev_rank=True)
+    ex = build_examples(
+        splits[0], data.catalog, pop, n_lists=90, shuffles=1, candidates=20, style=style,
+        seed=1, history_cut=[5, 10, 20], rejected="random", held=held,
+    )  # fmt: skip
+    assert len(ex) == 90 and {e.cut for e in ex} == {5, 10, 20}
+    assert len({(e.user, e.cut) for e in ex}) == 90  # one order per (user, cut)
+    assert len({e.user for e in ex}) < 90  # users give several lists
+    train = splits[0].train.frame
+    for e in ex[::4]:
+        seq = train[train["user"] == e.user].sort_values(["timestamp", "item"])
+        items = seq["item"].to_numpy()
+        assert e.history.tolist() == items[: e.cut].tolist()
+        later = seq.iloc[e.cut :]
+        liked = set(later.loc[later["rating"] >= 4.0, "item"].tolist())
+        assert e.positives and set(e.positives) <= liked - set(e.history.tolist())
+        assert not held.get(e.user, set()) & {*e.candidates, *e.positives}
+        assert not set(e.candidates) & set(e.history.tolist())
+    again = build_examples(
+        splits[0], data.catalog, pop, n_lists=30, shuffles=3, candidates=20, style=style,
+        seed=1, history_cut=[5], rejected="random", held=held,
+    )  # fmt: skip
+    assert [(e.user, e.candidates) for e in again] == [(e.user, e.candidates) for e in one]
 
 
 def test_make_examples_holds_out_every_evaluation_seed(shared_data):

@@ -50,6 +50,8 @@ class Example:
     right letter with a reason naming a title the user never saw."""
     positives: list[int]
     """Every listed item the user went on to like (the target is one of them)."""
+    cut: int | None = None
+    """The history cut this list was built at (None: LlamaRec's last-item shape)."""
 
     @property
     def target_label(self) -> str:
@@ -110,7 +112,7 @@ def build_examples(
     style: PromptStyle,
     seed: int = 0,
     min_history: int = 3,
-    history_cut: int | None = None,
+    history_cut: int | Sequence[int] | None = None,
     relevance: float | None = 4.0,
     rejected: Literal["first", "random"] = "first",
     held: dict[int, set[int]] | None = None,
@@ -128,7 +130,9 @@ def build_examples(
     - ``history_cut=n`` (the cold-start protocol): history = the user's first ``n`` items,
       the list = the retriever's top ``candidates`` for that history, the positives = the
       user's later liked items in it (users with none are skipped); each shuffle's target
-      is another positive where there are several.
+      is another positive where there are several. Several cuts (``[5, 10, 20]``) give each
+      user one list per cut their sequence is long enough for: more lists from the few
+      users a cold-start split leaves for training.
 
     ``held`` (default: the split's validation and test items per user) are never used;
     pass the union over every split the adapter will be evaluated on.
@@ -139,28 +143,34 @@ def build_examples(
     """
     if candidates < 2:
         raise ConfigError("a training list needs at least 2 candidates")
-    if history_cut is not None and history_cut < 1:
-        raise ConfigError(f"examples.history_cut must be >= 1, got {history_cut}")
+    cuts: list[int | None] = (
+        [None] if history_cut is None
+        else [history_cut] if isinstance(history_cut, int) else list(history_cut)
+    )  # fmt: skip
+    if not cuts or any(c is not None and c < 1 for c in cuts):
+        raise ConfigError(
+            f"examples.history_cut must be >= 1 (or a list of such), got {history_cut}"
+        )
     rng = np.random.default_rng(seed)
-    seqs = _sequences(split, max(min_history, history_cut or 0), seed, relevance)
+    least = min((c for c in cuts if c is not None), default=0)
+    seqs = _sequences(split, max(min_history, least), seed, relevance)
     if not seqs:
-        raise ConfigError(f"no training user has more than {min_history} items")
+        raise ConfigError(f"no training user has more than {max(min_history, least)} items")
     users = np.array(sorted(seqs))
     users = users[rng.permutation(len(users))]
     if history_cut is None and not style.show_prev_rank:
         users = users[:n_lists]  # every user yields a list: no need to look further
     held = held_out(split) if held is None else held
     titles = catalog.frame["title"].astype(str).to_numpy()
-    cut = history_cut
-    reqs = [Request(int(u), seqs[int(u)][0][:-1] if cut is None else seqs[int(u)][0][:cut])
-            for u in users]  # fmt: skip
+    pairs = [(int(u), c) for u in users for c in cuts if c is None or len(seqs[int(u)][0]) > c]
+    reqs = [Request(u, seqs[u][0][:-1] if c is None else seqs[u][0][:c]) for u, c in pairs]
     pools = retriever.retrieve(reqs, candidates + 50)
     out: list[Example] = []
     lists = 0
-    for r, u in enumerate(users):
+    for r, (u, cut) in enumerate(pairs):
         if lists == n_lists:
             break
-        (seq, liked), req = seqs[int(u)], reqs[r]
+        (seq, liked), req = seqs[u], reqs[r]
         later = seq[-1:] if cut is None else seq[cut:][liked[cut:]]
         positives = {int(i) for i in later} - {int(i) for i in req.history}
         banned = held.get(int(u), set())
@@ -202,7 +212,7 @@ def build_examples(
             shown = sorted(positives & set(cands))
             out.append(
                 Example(
-                    int(u), req.history, target, cands, s, msgs, labels, chosen, bad, kind, shown
+                    u, req.history, target, cands, s, msgs, labels, chosen, bad, kind, shown, cut
                 )
             )
     return out

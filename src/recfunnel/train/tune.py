@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recfunnel.config import LeaveLastOutConfig, ProtocolConfig, RetrieverConfig
 from recfunnel.data import load_dataset
@@ -41,17 +41,17 @@ class _Strict(BaseModel):
 class ExamplesConfig(_Strict):
     """Which training lists are built (see :func:`build_examples`)."""
 
-    lists: int = Field(64, ge=1, description="users, one list each (their last train item)")
+    lists: int = Field(64, ge=1, description="lists: one per user (and per history cut)")
     shuffles: int = Field(4, ge=1, description="orders per list: the target moves")
     candidates: int = Field(10, ge=2, le=52)
     history_items: int = Field(10, ge=1)
     title_chars: int = Field(40, ge=8)
     min_history: int = Field(3, ge=1)
-    history_cut: int | None = Field(
+    history_cut: int | list[int] | None = Field(
         None,
-        ge=1,
         description="None: the target is each user's last training item (LlamaRec); n: "
-        "history = the first n items, positives = later liked items (cold-start)",
+        "history = the first n items, positives = later liked items (cold-start); a list of "
+        "cuts: one list per cut a user's sequence is long enough for",
     )
     relevance: float | None = Field(4.0, description="min rating of a positive (history_cut)")
     show_prev_rank: bool = Field(
@@ -65,9 +65,22 @@ class ExamplesConfig(_Strict):
         description="hard negatives: its best candidates other than the target",
     )
 
+    @field_validator("history_cut")
+    @classmethod
+    def _cuts(cls, v: int | list[int] | None) -> int | list[int] | None:
+        cuts = [v] if isinstance(v, int) else v
+        if cuts is not None and (not cuts or min(cuts) < 1):
+            raise ValueError("every history cut must be >= 1 (and a list must not be empty)")
+        return v
+
 
 class LoRAConfig(_Strict):
     r: int = Field(16, ge=1)
+    layers: list[int] | None = Field(
+        None,
+        description="decoder layers that get adapters (None: all); the top half trains ~2x "
+        "faster on CPU, as the backward pass stops below the lowest adapted layer",
+    )
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(
@@ -84,6 +97,12 @@ class LoRAConfig(_Strict):
 
 
 class StageConfig(_Strict):
+    objective: Literal["completion", "listwise"] = Field(
+        "completion",
+        description="completion: next-token loss on the answer (letter, then reason); "
+        "listwise (SFT only): the verbalizer's own score -- softmax over the candidates' "
+        "letters at the answer position -- trained to put its mass on every listed positive",
+    )
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(4, ge=1)
@@ -94,6 +113,13 @@ class StageConfig(_Strict):
 class DPOStageConfig(StageConfig):
     learning_rate: float = Field(5e-5, gt=0)
     beta: float = Field(0.1, gt=0)
+
+    @field_validator("objective")
+    @classmethod
+    def _completion_only(cls, v: str) -> str:
+        if v != "completion":
+            raise ValueError("DPO compares two completions: objective must be 'completion'")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -115,7 +141,14 @@ class TrainConfig(_Strict):
     examples: ExamplesConfig = Field(default_factory=ExamplesConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     sft: StageConfig = Field(default_factory=StageConfig)
-    dpo: DPOStageConfig | None = Field(default_factory=DPOStageConfig)
+    dpo: DPOStageConfig | None = Field(
+        default_factory=DPOStageConfig, description="`dpo = false`: SFT only"
+    )
+
+    @field_validator("dpo", mode="before")
+    @classmethod
+    def _dpo_off(cls, v: Any) -> Any:
+        return None if v is False else v
 
 
 def _imports() -> tuple[Any, Any, Any]:
@@ -166,9 +199,9 @@ def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
 
 
 def _args(
-    trl: Any, kind: str, stage: StageConfig, out: Path, seed: int, gpu: bool, **extra: Any
+    cls: Any, kind: str, stage: StageConfig, out: Path, seed: int, gpu: bool, **extra: Any
 ) -> Any:
-    cls = trl.SFTConfig if kind == "sft" else trl.DPOConfig
+    """The trainer arguments every stage shares (``cls``: its TrainingArguments class)."""
     return cls(
         output_dir=str(out / f".{kind}-work"),
         per_device_train_batch_size=stage.batch_size,
@@ -216,7 +249,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "examples": len(examples),
-        "lists": len({e.user for e in examples}),
+        "lists": len({(e.user, e.cut) for e in examples}),
+        "users": len({e.user for e in examples}),
         "rejected_kinds": {
             k: sum(e.rejected_kind == k for e in examples) for k in ("position", "ungrounded")
         },
@@ -229,21 +263,31 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
+        layers_to_transform=cfg.lora.layers,
         task_type="CAUSAL_LM",
     )
     model = llm.model
     model.train()
-    sft_data = datasets.Dataset.from_pandas(sft_rows(examples, llm.render))
     t1 = time.perf_counter()
-    sft = trl.SFTTrainer(
-        model=model,
-        args=_args(
-            trl, "sft", cfg.sft, out, cfg.seed, gpu, completion_only_loss=True, max_length=None
-        ),
-        train_dataset=sft_data,
-        processing_class=tok,
-        peft_config=lora,
-    )
+    if cfg.sft.objective == "listwise":
+        sft = _listwise_trainer(llm, peft.get_peft_model(model, lora), examples, cfg, out, gpu)
+    else:
+        sft = trl.SFTTrainer(
+            model=model,
+            args=_args(
+                trl.SFTConfig,
+                "sft",
+                cfg.sft,
+                out,
+                cfg.seed,
+                gpu,
+                completion_only_loss=True,
+                max_length=None,
+            ),
+            train_dataset=datasets.Dataset.from_pandas(sft_rows(examples, llm.render)),
+            processing_class=tok,
+            peft_config=lora,
+        )
     with _logs_to_stderr():
         sft.train()
     summary["sft"] = {
@@ -261,7 +305,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dpo = trl.DPOTrainer(
             model=policy,
             ref_model=ref,
-            args=_args(trl, "dpo", cfg.dpo, out, cfg.seed, gpu, beta=cfg.dpo.beta, max_length=None),
+            args=_args(
+                trl.DPOConfig,
+                "dpo",
+                cfg.dpo,
+                out,
+                cfg.seed,
+                gpu,
+                beta=cfg.dpo.beta,
+                max_length=None,
+            ),
             train_dataset=dpo_data,
             processing_class=tok,
         )
@@ -286,3 +339,92 @@ def _label_share(examples: list[Example]) -> dict[str, float]:
     labels = [e.target_label for e in examples]
     keys, counts = np.unique(labels, return_counts=True)
     return {str(k): float(c) / max(len(labels), 1) for k, c in zip(keys, counts, strict=True)}
+
+
+def _listwise_trainer(
+    llm: Any, model: Any, examples: list[Example], cfg: TrainConfig, out: Path, gpu: bool
+) -> Any:
+    """A transformers Trainer whose loss is the verbalizer's own ranking: log-softmax over
+    the candidates' letter tokens at the answer position, maximising the mass on the
+    listed positives (LlamaRec's objective, with several positives). Every token of the
+    loss is spent on ranking -- in the completion objective the reason's ~30 tokens
+    outweigh its one letter."""
+    import transformers
+
+    torch = llm._torch
+    rows = [
+        {
+            "input_ids": llm.tokenize(llm.render(e.messages)),
+            "options": [llm.option_token(label) for label in e.labels],
+            "positive": [int(i in e.positives) for i in e.candidates],
+        }
+        for e in examples
+    ]
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(r["input_ids"]) for r in batch)
+        n = max(len(r["options"]) for r in batch)
+        ids = torch.full((len(batch), width), llm._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        options = torch.zeros((len(batch), n), dtype=torch.long)
+        positive = torch.zeros((len(batch), n), dtype=torch.bool)
+        valid = torch.zeros((len(batch), n), dtype=torch.bool)
+        for row, r in enumerate(batch):
+            k = len(r["options"])
+            ids[row, width - len(r["input_ids"]) :] = torch.tensor(r["input_ids"])
+            mask[row, width - len(r["input_ids"]) :] = 1
+            options[row, :k] = torch.tensor(r["options"])
+            positive[row, :k] = torch.tensor(r["positive"], dtype=torch.bool)
+            valid[row, :k] = True
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as the hf back-end scores (left pad)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "options": options,
+            "positive": positive,
+            "valid": valid,
+        }
+
+    class ListwiseTrainer(transformers.Trainer):
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            options, positive, valid = (inputs.pop(k) for k in ("options", "positive", "valid"))
+            outputs = model(**inputs, use_cache=False, logits_to_keep=1)
+            logits = outputs.logits[:, -1].float().gather(1, options)
+            logp = logits.masked_fill(~valid, float("-inf")).log_softmax(-1)
+            loss = -logp.masked_fill(~positive, float("-inf")).logsumexp(-1).mean()
+            return (loss, outputs) if return_outputs else loss
+
+    return ListwiseTrainer(
+        model=model,
+        args=_args(
+            transformers.TrainingArguments,
+            "sft",
+            cfg.sft,
+            out,
+            cfg.seed,
+            gpu,
+            remove_unused_columns=False,
+        ),
+        train_dataset=_ListDataset(rows),
+        data_collator=collate,
+    )
+
+
+class _ListDataset:
+    """Rows as the Trainer's sampler wants them (len + index); no tokenizer pass needed."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
