@@ -27,11 +27,11 @@ import numpy as np
 
 from recfunnel.config import ColdStartConfig
 from recfunnel.data import load_dataset
-from recfunnel.evaluate.metrics import evaluate
+from recfunnel.evaluate.metrics import evaluate, hit_matrix
 from recfunnel.evaluate.stats import paired_test
 from recfunnel.retrieve.cf import CFConfig, CFRetriever
-from recfunnel.retrieve.popularity import PopularityRetriever
-from recfunnel.types import Catalog, Split
+from recfunnel.retrieve.popularity import PopularityConfig, PopularityRetriever
+from recfunnel.types import PAD, Catalog, Split
 
 METRICS = ["ndcg@10", "hr@10"]
 
@@ -41,22 +41,20 @@ def orders(
 ) -> dict[str, np.ndarray]:
     """Each reordering's key per candidate (higher first); the input order is -position."""
     train, reqs = split.train, split.test.requests
-    f = train.frame
-    liked = np.bincount(f["item"][f["rating"] >= relevance], minlength=train.n_items)
+    liked = PopularityRetriever(PopularityConfig(min_rating=relevance)).fit(train, catalog)
     keys = {"input order": -np.broadcast_to(np.arange(items.shape[1], dtype=float), items.shape)}
-    keys["liked"] = liked[items].astype(float)
+    keys["liked"] = liked.counts_[items].astype(float)
     depth = min(train.n_items, 5000)
     for model in ("als", "itemknn"):
         cf = CFRetriever(CFConfig(kind="cf", model=model, seed=seed)).fit(train, catalog)
         ranked = cf.retrieve(reqs, depth).items
         rank = np.full((len(reqs), train.n_items + 1), depth, dtype=float)
         rows = np.repeat(np.arange(len(reqs)), ranked.shape[1])
-        rank[rows, np.where(ranked < 0, train.n_items, ranked).ravel()] = np.tile(
+        rank[rows, np.where(ranked == PAD, train.n_items, ranked).ravel()] = np.tile(
             np.arange(ranked.shape[1], dtype=float), len(reqs)
         )
         keys[model] = -np.take_along_axis(rank, items, 1)
-    truth = split.test.truth
-    keys["oracle"] = np.array([np.isin(row, t) for row, t in zip(items, truth, strict=True)], float)
+    keys["oracle"] = hit_matrix(items, split.test.truth, train.n_items).astype(float)
     return keys
 
 
@@ -73,10 +71,10 @@ def main() -> None:
 
     data = load_dataset("ml-latest-small", args.data_dir)
     per_user: dict[str, dict[str, list[np.ndarray]]] = {}
+    protocol = ColdStartConfig(  # the diagnosis configs' protocol: the same test users
+        n_users=args.users, history=args.history, relevance=args.relevance, n_valid=100
+    )
     for seed in range(args.seeds):
-        protocol = ColdStartConfig(
-            n_users=args.users, history=args.history, relevance=args.relevance, n_valid=100
-        )
         split = protocol.split(data, seed)
         pop = PopularityRetriever().fit(split.train, data.catalog)
         items = pop.retrieve(split.test.requests, args.top_n).items
