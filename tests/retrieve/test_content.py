@@ -272,7 +272,7 @@ def test_item_embeddings_cover_the_catalog(
 ) -> None:
     _, catalog = small
     assert flat.item_embeddings_.shape == (catalog.n_items, 384)
-    assert flat.index_.ntotal == catalog.n_items
+    assert len(flat.index_) == catalog.n_items
     q = flat.embed_query(["a film about toys that come alive"])
     assert q.shape == (1, 384)
 
@@ -340,6 +340,21 @@ def test_hnsw_agrees_with_flat(
     b = hnsw.retrieve(user_requests, 20).items
     overlap = np.mean([len(set(x) & set(y)) / 20 for x, y in zip(a, b, strict=True)])
     assert overlap >= 0.9
+
+
+def test_projected_hnsw_agrees_with_flat(
+    module_cache: Path,
+    small: tuple[Interactions, Catalog],
+    flat: ContentRetriever,
+    user_requests: list[Request],
+) -> None:
+    projected = ContentRetriever(ContentConfig(index="hnsw", hnsw_dim=64)).fit(*small)
+    a = flat.retrieve(user_requests, 20)
+    b = projected.retrieve(user_requests, 20)
+    overlap = np.mean([len(set(x) & set(y)) / 20 for x, y in zip(a.items, b.items, strict=True)])
+    assert overlap >= 0.9
+    both = a.items == b.items  # re-ranked exactly: equal items get the flat index's scores
+    np.testing.assert_allclose(a.scores[both], b.scores[both], atol=1e-5)
 
 
 def test_results_are_deterministic(

