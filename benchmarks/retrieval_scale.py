@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--ef-search", default="100,128,192,256,384,512", help="efSearch values (>= k)")
     ap.add_argument("--variants", default="hnsw,sq8", help="hnsw, sq8, pcaN; comma-separated")
-    ap.add_argument("--refine", type=float, default=1.5, help="sq8/pcaN shortlist, × k")
+    ap.add_argument("--refine", type=float, default=2.0, help="sq8/pcaN shortlist, × k")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
