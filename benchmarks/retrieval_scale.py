@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from recfunnel.evaluate.metrics import hit_matrix
 from recfunnel.retrieve.ann import AnnIndex
 
 
@@ -150,12 +150,11 @@ def measure(
         t0 = time.perf_counter()
         index.build(x, threads=None)
         build = time.perf_counter() - t0
-        floor = math.ceil(args.k * index.refine) if index.reranks else args.k
+        floor = index.shortlist(args.k)
         for ef in sorted({max(int(e), floor) for e in args.ef_search.split(",")}):
             index.ef_search = ef  # what the search uses: at least the shortlist
             got, t_hnsw = timed_search(index, q, args.k)
-            recall = float(np.mean([len(set(a) & set(b)) / args.k
-                                    for a, b in zip(truth, got, strict=True)]))  # fmt: skip
+            recall = float(hit_matrix(got, list(truth), len(x)).mean())  # k of k found
             _, batch_hnsw = timed_search(index, users, args.k)
             row = {
                 "data": label,

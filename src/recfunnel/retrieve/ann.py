@@ -107,14 +107,13 @@ class AnnIndex:
         else:
             graph = faiss.IndexHNSWFlat(gdim, self.m, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = self.ef_construction
-        self._graph = graph  # faiss wrappers keep raw pointers: hold every part
-        index: Any = graph
+        index: Any = graph  # faiss's wrappers below keep their parts alive themselves
         rng = np.random.default_rng(self.seed)
         sample = x[rng.choice(len(x), PCA_SAMPLE, replace=False)] if len(x) > PCA_SAMPLE else x
         if self.dim is not None:
             pca = faiss.PCAMatrix(d, self.dim)
             pca.train(np.vstack([sample, -sample]))
-            self._pre = index = faiss.IndexPreTransform(pca, graph)
+            index = faiss.IndexPreTransform(pca, graph)
         if self.reranks:
             index = faiss.IndexRefineFlat(index)
             index.k_factor = self.refine
@@ -132,6 +131,10 @@ class AnnIndex:
         """Whether the graph's shortlist is re-scored on the full float vectors."""
         return self.kind == "hnsw" and (self.dim is not None or self.codes != "float")
 
+    def shortlist(self, depth: int) -> int:
+        """How many results the graph returns for ``depth``: more when they are re-ranked."""
+        return math.ceil(depth * self.refine) if self.reranks else depth
+
     def search(self, q: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``depth`` (scores, ids) per row of ``q``; ids are -1 past the catalog."""
         import faiss
@@ -140,11 +143,11 @@ class AnnIndex:
         if self.kind == "flat":
             return self.index_.search(q, depth)
         faiss_any: Any = faiss  # the SearchParameters classes are missing from the type stubs
+        base: Any = faiss_any.SearchParametersHNSW(
+            efSearch=max(self.ef_search, self.shortlist(depth))
+        )
         if not self.reranks:
-            hnsw = faiss_any.SearchParametersHNSW(efSearch=max(self.ef_search, depth))
-            return self.index_.search(q, depth, params=hnsw)
-        shortlist = math.ceil(depth * self.refine)
-        base: Any = faiss_any.SearchParametersHNSW(efSearch=max(self.ef_search, shortlist))
+            return self.index_.search(q, depth, params=base)
         if self.dim is not None:
             base = faiss_any.SearchParametersPreTransform(index_params=base)
         params = faiss_any.IndexRefineSearchParameters(k_factor=self.refine, base_index_params=base)
