@@ -17,15 +17,22 @@ import time
 import numpy as np
 from sklearn.metrics import silhouette_score
 
+from recfunnel.core.metrics import evaluate
 from recfunnel.data import load_dataset, make_split
-from recfunnel.enrich import ENRICHED, EnrichConfig, describe_items, pick_items, with_descriptions
-from recfunnel.evaluate.metrics import evaluate
 from recfunnel.llm import build_llm
-from recfunnel.retrieve.content import (
+from recfunnel.stages.base import FitContext
+from recfunnel.stages.retrieve.content import (
     ContentConfig,
     ContentRetriever,
     embed_texts,
     resolve_model_path,
+)
+from recfunnel.stages.retrieve.enrich import (
+    ENRICHED,
+    EnrichConfig,
+    describe_items,
+    pick_items,
+    with_descriptions,
 )
 
 
@@ -63,7 +70,7 @@ def main() -> None:
     for seed in range(args.seeds):
         split = make_split(data, "cold-start", seed, n_users=args.users)
         for name, cat, field in (("raw", data.catalog, "text"), ("enriched", enriched, ENRICHED)):
-            r = ContentRetriever(ContentConfig(text_field=field)).fit(split.train, cat)
+            r = ContentRetriever(ContentConfig(text_field=field)).fit(FitContext(split.train, cat))
             out = r.retrieve(split.test.requests, 200)
             m = evaluate(out.items, split.test.truth, ["recall@200"], cat.n_items).means
             recall[name].append(m["recall@200"])

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.config import parse_config
+from recfunnel.core.types import Catalog, Dataset, Interactions
+from recfunnel.evaluate.config import parse_experiment as parse_config
 from recfunnel.evaluate.runner import run_experiment
-from recfunnel.types import Catalog, Dataset, Interactions
 
 
 def synthetic(n_users: int, n_items: int = 10_000, per_user: int = 30, seed: int = 0) -> Dataset:

@@ -77,7 +77,7 @@ def llama_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     assert spec and spec.submodule_search_locations
     gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+    cmd = [sys.executable, "-m", "recfunnel.llm.llamacpp_server", "--model", str(gguf),
            "--model_alias", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
            "--n_ctx", "2048", "--logits_all", "True", "--n_threads", "2"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from recfunnel.data.registry import load_dataset
+    from recfunnel.data.load import load_dataset
 
     data = load_dataset("ml-latest-small")
     counts = data.interactions.item_counts()

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.config import builtin_pipeline
-from recfunnel.data.registry import load_dataset
+from recfunnel.data.load import load_dataset
 from recfunnel.data.splits import make_split
-from recfunnel.funnel import Funnel
 from recfunnel.llm.base import LLMConfig
 from recfunnel.llm.llamacpp import LlamaCppLLM
-from recfunnel.llm.prompts import PromptStyle, verbalizer_prompt
+from recfunnel.pipeline import Funnel, builtin_pipeline
+from recfunnel.stages.rerank.prompts import verbalizer_prompt
+from recfunnel.stages.text import PromptStyle
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
 
     data = load_dataset("ml-latest-small")
     split = make_split(data, "cold-start", args.seed, n_users=args.users)
-    funnel = Funnel(builtin_pipeline("hybrid"), args.seed, {}).fit(split.train, data.catalog)
+    funnel = Funnel(builtin_pipeline("hybrid"), args.seed).fit(split.train, data.catalog)
     heads = funnel.run(split.test.requests, args.top_n).final.items
     style = PromptStyle(noun=data.catalog.noun)
     rng = np.random.default_rng(args.seed)

@@ -25,13 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.config import ColdStartConfig
+from recfunnel.core.candidates import PAD
+from recfunnel.core.metrics import evaluate, hit_matrix
+from recfunnel.core.types import Catalog, Split
 from recfunnel.data import load_dataset
-from recfunnel.evaluate.metrics import evaluate, hit_matrix
+from recfunnel.data.splits import ColdStartConfig
 from recfunnel.evaluate.stats import paired_test
-from recfunnel.retrieve.cf import CFConfig, CFRetriever
-from recfunnel.retrieve.popularity import PopularityConfig, PopularityRetriever
-from recfunnel.types import PAD, Catalog, Split
+from recfunnel.stages.base import FitContext
+from recfunnel.stages.retrieve.cf import CFConfig, CFRetriever
+from recfunnel.stages.retrieve.popularity import PopularityConfig, PopularityRetriever
 
 METRICS = ["ndcg@10", "hr@10"]
 
@@ -41,12 +43,16 @@ def orders(
 ) -> dict[str, np.ndarray]:
     """Each reordering's key per candidate (higher first); the input order is -position."""
     train, reqs = split.train, split.test.requests
-    liked = PopularityRetriever(PopularityConfig(min_rating=relevance)).fit(train, catalog)
+    liked = PopularityRetriever(PopularityConfig(min_rating=relevance)).fit(
+        FitContext(train, catalog)
+    )
     keys = {"input order": -np.broadcast_to(np.arange(items.shape[1], dtype=float), items.shape)}
     keys["liked"] = liked.counts_[items].astype(float)
     depth = min(train.n_items, 5000)
     for model in ("als", "itemknn"):
-        cf = CFRetriever(CFConfig(kind="cf", model=model, seed=seed)).fit(train, catalog)
+        cf = CFRetriever(CFConfig(kind="cf", model=model, seed=seed)).fit(
+            FitContext(train, catalog)
+        )
         ranked = cf.retrieve(reqs, depth).items
         rank = np.full((len(reqs), train.n_items + 1), depth, dtype=float)
         rows = np.repeat(np.arange(len(reqs)), ranked.shape[1])
@@ -76,7 +82,7 @@ def main() -> None:
     )
     for seed in range(args.seeds):
         split = protocol.split(data, seed)
-        pop = PopularityRetriever().fit(split.train, data.catalog)
+        pop = PopularityRetriever().fit(FitContext(split.train, data.catalog))
         items = pop.retrieve(split.test.requests, args.top_n).items
         for name, key in orders(split, data.catalog, items, seed, args.relevance).items():
             ranked = np.take_along_axis(items, np.argsort(-key, axis=1, kind="stable"), 1)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from recfunnel.config import ExperimentConfig, builtin_pipeline
+from recfunnel.evaluate.config import ExperimentConfig
 from recfunnel.evaluate.runner import run_experiment
+from recfunnel.pipeline import builtin_pipeline
 
 METHODS = ("verbalizer", "permutation", "pointwise")
 
@@ -40,13 +41,13 @@ def main() -> None:
     for backend in backends:
         for m in METHODS:
             p = builtin_pipeline(f"hybrid+llm-{m}")
-            assert p.rerank is not None
-            llm = p.rerank.llm.model_copy(
+            rerank = p.stages[-1]
+            llm = rerank.llm.model_copy(
                 update={"backend": backend, "model": args.model, "cache": False}
             )
-            rr = p.rerank.model_copy(update={"top_n": args.top_n, "llm": llm})
+            rr = rerank.model_copy(update={"top_n": args.top_n, "llm": llm})
             name = f"{m}/{backend}"
-            pipelines.append(p.model_copy(update={"name": name, "rerank": rr}))
+            pipelines.append(p.model_copy(update={"name": name, "stages": [*p.stages[:-1], rr]}))
     cfg = ExperimentConfig(
         dataset=args.dataset,
         protocol={"name": "cold-start", "n_users": args.users},

@@ -44,8 +44,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from recfunnel.evaluate.metrics import hit_matrix
-from recfunnel.retrieve.ann import AnnIndex
+from recfunnel.core.metrics import hit_matrix
+from recfunnel.stages.base import FitContext
+from recfunnel.stages.retrieve.ann import AnnIndex
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -68,13 +69,13 @@ class MovieLensLike:
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 
-        from recfunnel.config import ColdStartConfig
         from recfunnel.data import load_dataset
-        from recfunnel.retrieve.content import ContentRetriever
+        from recfunnel.data.splits import ColdStartConfig
+        from recfunnel.stages.retrieve.content import ContentRetriever
 
         data = load_dataset("ml-latest-small", data_dir)
         split = ColdStartConfig(n_users=100_000, history=5).split(data, seed)
-        content = ContentRetriever().fit(split.train, data.catalog)
+        content = ContentRetriever().fit(FitContext(split.train, data.catalog))
         self.items = content.item_embeddings_
         self.queries = content.profiles(split.test.requests)[0]
         pca = PCA(dim, random_state=seed).fit(self.items)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 # One cache for the whole suite, kept between runs in the checkout (git-ignored): item
 # embeddings and the de-quantized model are computed once, not once per test module.
 os.environ.setdefault("RECFUNNEL_CACHE", str(REPO / ".cache"))
+# LLM answers are not kept: each run asks the real model afresh, in a new answer cache
+# (a test that passed by replaying old answers would say nothing about today's code).
+_ANSWERS = Path(tempfile.mkdtemp(prefix="recfunnel-answers-"))
+os.environ["RECFUNNEL_ANSWERS"] = str(_ANSWERS / "answers.sqlite")
+atexit.register(shutil.rmtree, _ANSWERS, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No test downloads a dataset from the internet; the fetch tests serve their own archives on
+# loopback and lift this themselves.
+os.environ["RECFUNNEL_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def start_server(gguf: Path, log_path: Path, *extra: str) -> tuple[subprocess.Po
     """Start llama-cpp-python's OpenAI server and wait (bounded) until it lists its model."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "recfunnel.llm.llamacpp_server",
         "--model", str(gguf), "--model_alias", "smollm2-135m",
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "2048", "--logits_all", "True", "--n_threads", "2",

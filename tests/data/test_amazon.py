@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recfunnel.core.errors import DatasetFormatError
+from recfunnel.core.types import Dataset
 from recfunnel.data import load_dataset
 from recfunnel.data.amazon import load_amazon_games
-from recfunnel.errors import DatasetFormatError
-from recfunnel.types import Dataset
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfunnel.core.types import Dataset
 from recfunnel.data import load_dataset
 from recfunnel.data.lastfm import load_lastfm
-from recfunnel.types import Dataset
 
 
 @pytest.fixture(scope="module")

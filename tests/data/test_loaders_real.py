@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from recfunnel.core.errors import DatasetNotFound
 from recfunnel.data import load_dataset
-from recfunnel.errors import DatasetNotFound
 
 
 def test_ml_latest_small(shared_data: Path) -> None:

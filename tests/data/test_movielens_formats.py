@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfunnel.core.errors import DatasetFormatError, DatasetNotFound
 from recfunnel.data.movielens import load_ml_1m, load_ml_100k
-from recfunnel.errors import DatasetFormatError, DatasetNotFound
 
 
 def test_ml100k_counts_genres_years(tmp_path: Path, write_ml100k: Callable[[Path], Path]) -> None:

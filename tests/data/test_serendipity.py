@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recfunnel.core.errors import DatasetFormatError
 from recfunnel.data.serendipity import load_serendipity, split_list
-from recfunnel.errors import DatasetFormatError
 
 TRAINING = """userId,movieId,rating,timestamp
 11,1,4.0,1262304000

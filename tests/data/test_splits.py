@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfunnel.core.errors import ConfigError
+from recfunnel.core.types import Catalog, Dataset, Interactions
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import cold_start, leave_last_out, make_split
-from recfunnel.errors import ConfigError
-from recfunnel.types import Catalog, Dataset, Interactions
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfunnel.core.errors import DatasetFormatError, DatasetNotFound
 from recfunnel.data.tabular import load_tabular
-from recfunnel.errors import DatasetFormatError, DatasetNotFound
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from recfunnel.cli import app
-from recfunnel.config import parse_config
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import make_split
-from recfunnel.engine.ray import pack, shutdown, unpack
+from recfunnel.engine.ray import merge, shutdown
+from recfunnel.evaluate.config import DiagnoseConfig
+from recfunnel.evaluate.config import parse_experiment as parse_config
 from recfunnel.evaluate.runner import run_experiment
-from recfunnel.route import build_funnel
+from recfunnel.pipeline import build_pipeline
 
 pytestmark = pytest.mark.slow
 METRICS = ["hr@10", "ndcg@10", "mrr@10", "recall@200", "unique@10", "gini@10"]
@@ -28,19 +29,18 @@ def movielens(shared_data):
     shutdown()
 
 
-def test_pack_unpack_round_trip_in_any_batch_order(movielens):
+def test_batches_merge_back_in_any_order(movielens):
     split = make_split(movielens, "cold-start", 0, n_users=30)
     pipe = parse_config({"pipelines": ["hybrid"]}).pipelines[0]
-    f = build_funnel(pipe, 0, {}).fit(split.train, movielens.catalog)
+    f = build_pipeline(pipe, 0).fit(split.train, movielens.catalog)
     reqs = split.test.requests
     whole = f.run(reqs, 50)
-    parts = [pack(f.run(reqs[a:b], 50), np.arange(a, b)) for a, b in ((20, 30), (0, 20))]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    back, _ = unpack(cols)
-    assert set(back.trace) == set(whole.trace)
-    for name, batch in whole.trace.items():
-        np.testing.assert_array_equal(back.trace[name].items, batch.items)
-        np.testing.assert_allclose(back.trace[name].scores, batch.scores, rtol=1e-5)  # BLAS batch
+    parts = [(np.arange(a, b), f.run(reqs[a:b], 50)) for a, b in ((20, 30), (0, 20))]
+    back = merge(parts, reqs, 50)
+    assert set(back.batches) == set(whole.batches)
+    for name, batch in whole.batches.items():
+        np.testing.assert_array_equal(back.batches[name].items, batch.items)
+        np.testing.assert_allclose(back.batches[name].scores, batch.scores, rtol=1e-5)  # BLAS
     np.testing.assert_array_equal(back.final.items, whole.final.items)
 
 
@@ -50,9 +50,9 @@ def test_ray_engine_matches_local(movielens):
         "seeds": [0],
         "metrics": METRICS,
         "pipelines": ["popularity", "cf", "hybrid", {
-            "name": "llm", "retrievers": [{"kind": "cf"}, {"kind": "popularity"}],
-            "rerank": {"method": "verbalizer", "top_n": 5},
-        }],
+            "name": "llm", "stages": [{"kind": "cf"}, {"kind": "popularity"}, {"kind": "fuse"},
+                                      {"kind": "verbalizer", "top_n": 5}],
+        }, {"name": "routed", "route": {"cold": "popularity", "warm": "cf", "threshold": 5}}],
     }  # fmt: skip
     local = run_experiment(parse_config(base), dataset=movielens)
     ray_cfg = parse_config({**base, "engine": {"kind": "ray", "actors": 2, "batch_size": 16}})
@@ -92,14 +92,13 @@ def _without_clocks(obj):
 
 
 def test_diagnose_on_ray_matches_local(movielens):
-    from recfunnel.config import DiagnoseConfig
-    from recfunnel.evaluate.diagnose import run_diagnosis
+    from recfunnel.evaluate.diagnose import diagnose as run_diagnosis
 
     base = {"protocol": {"name": "cold-start", "n_users": 25}, "seeds": [0, 1],
             "pipelines": ["popularity", "cf"], "diagnose": {"baseline": "popularity"}}  # fmt: skip
-    local = run_diagnosis(parse_config(base, cls=DiagnoseConfig), dataset=movielens)
+    local = run_diagnosis(parse_config(base, DiagnoseConfig), dataset=movielens)
     remote = run_diagnosis(
-        parse_config({**base, "engine": {"kind": "ray", "batch_size": 10}}, cls=DiagnoseConfig),
+        parse_config({**base, "engine": {"kind": "ray", "batch_size": 10}}, DiagnoseConfig),
         dataset=movielens,
     )
     assert_same(_without_clocks(remote), _without_clocks(local), "diagnosis")

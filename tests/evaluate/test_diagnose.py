@@ -5,16 +5,18 @@ real model in tests/integration/test_diagnose_real.py."""
 import numpy as np
 import pytest
 
-from recfunnel.config import DiagnoseConfig, builtin_pipeline, parse_config
+from recfunnel.core.candidates import CandidateBatch, shuffled_head
+from recfunnel.core.errors import ConfigError
+from recfunnel.core.metrics import evaluate
+from recfunnel.core.types import EvalSet
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import cold_start
-from recfunnel.errors import ConfigError
+from recfunnel.evaluate.config import DiagnoseConfig
+from recfunnel.evaluate.config import parse_experiment as parse_config
 from recfunnel.evaluate.diagnose import comparisons, concentration, position_probe
-from recfunnel.evaluate.metrics import evaluate
-from recfunnel.evaluate.runner import ExperimentResult, RunResult, calibration_set
-from recfunnel.funnel import Funnel, shuffled_head
-from recfunnel.rerank.llm import Calibration
-from recfunnel.types import CandidateBatch, EvalSet
+from recfunnel.evaluate.runner import ExperimentResult, RunResult
+from recfunnel.pipeline import Funnel, Shared, builtin_pipeline, calibration_set, rows_with_target
+from recfunnel.stages.rerank.llm import Calibration
 from scripted import ScriptedLLM
 
 
@@ -52,9 +54,9 @@ def split(shared_data):
 def llm_funnel(data, split, llm, **rerank):
     """hybrid → verbalizer (top 10) with a scripted model in place of the real one."""
     cfg = builtin_pipeline("hybrid+llm-verbalizer")
-    cfg = cfg.model_copy(update={"rerank": cfg.rerank.model_copy(update={"top_n": 10, **rerank})})
-    shared = {"llm:" + cfg.rerank.llm.model_dump_json(): llm}
-    return Funnel(cfg, seed=0, fitted=shared).fit(split.train, data.catalog)
+    rr = cfg.stages[-1].model_copy(update={"top_n": 10, **rerank})
+    cfg = cfg.model_copy(update={"stages": [*cfg.stages[:-1], rr]})
+    return Funnel(cfg, seed=0, shared=Shared.with_llm(llm)).fit(split.train, data.catalog)
 
 
 def reverse_order(prompt, options):
@@ -66,18 +68,18 @@ def test_calibration_fits_blend_on_validation_users_only(split):
     data, sp = split
     llm = ScriptedLLM(logprobs=reverse_order)
     f = llm_funnel(data, sp, llm, calibration=Calibration(users=None))
-    cal = f.calibrate(sp.valid)
+    cal = f.tune(sp)["rerank:verbalizer"]
     assert len(llm.prompts) == len(sp.valid)  # one LLM pass; the grid reuses its answers
     assert cal["n_users"] == len(sp.valid)
     best = max(cal["grid"].values())
     assert cal["grid"][str(cal["blend"])] == best
     # reversing the hybrid order hurts, so the fitted weight leans on the hybrid rank
     assert cal["blend"] >= 0.5 and cal["grid"]["0.0"] < best
-    assert f.reranker_.config.blend == cal["blend"]
+    assert f.stage("rerank:verbalizer").config.blend == cal["blend"]
     # the test pass then uses the fitted weight: with blend 1 the hybrid order survives
     res = f.run(sp.test.requests, 10)
     if cal["blend"] == 1.0:
-        np.testing.assert_array_equal(res.final.items, res.trace["fuse:rrf"].items[:, :10])
+        np.testing.assert_array_equal(res.final.items, res.batches["fuse:rrf"].items[:, :10])
 
 
 def test_calibration_keeps_a_useful_llm(split):
@@ -91,7 +93,7 @@ def test_calibration_keeps_a_useful_llm(split):
         return np.array([0.0 if h else -5.0 for h in hit] + [-9.0] * (len(options) - len(hit)))
 
     f = llm_funnel(data, sp, ScriptedLLM(logprobs=oracle), calibration=Calibration(users=None))
-    cal = f.calibrate(sp.valid)
+    cal = f.tune(sp)["rerank:verbalizer"]
     assert cal["blend"] < 0.5 and cal["grid"]["0.0"] > cal["grid"]["1.0"]
 
 
@@ -103,9 +105,9 @@ def test_calibration_needs_validation_users(split):
     assert len(sample) == 7 and {r.user for r in sample.requests} <= {
         r.user for r in sp.valid.requests
     }
-    f = llm_funnel(data, sp, ScriptedLLM(logprobs=reverse_order))
-    with pytest.raises(ConfigError, match="calibration"):
-        f.calibrate(sp.valid)  # this pipeline has no calibration section
+    llm = ScriptedLLM(logprobs=reverse_order)
+    f = llm_funnel(data, sp, llm)
+    assert f.tune(sp) == {} and not llm.prompts  # no calibration section: nothing to learn
 
 
 def prefers_first_slot(prompt, options):
@@ -158,7 +160,7 @@ def test_comparisons_pair_users_and_seeds_with_holm():
                  _run("same", seed, base.copy())]  # fmt: skip
     cfg = parse_config({"pipelines": ["popularity", "cf", "hybrid"],
                         "diagnose": {"test_metrics": ["ndcg@10"], "compare": [["cf", "hybrid"]]}},
-                       cls=DiagnoseConfig)  # fmt: skip
+                       DiagnoseConfig)  # fmt: skip
     cfg = cfg.model_copy(update={"pipelines": [
         builtin_pipeline("popularity").model_copy(update={"name": n})
         for n in ("popularity", "better", "same")]})  # fmt: skip
@@ -187,8 +189,7 @@ def test_comparisons_pair_users_and_seeds_with_holm():
 )
 def test_diagnose_config_errors_name_the_field(diagnose, where):
     with pytest.raises(ConfigError, match=where):
-        parse_config({"pipelines": ["popularity", "cf"], "diagnose": diagnose},
-                     cls=DiagnoseConfig)  # fmt: skip
+        parse_config({"pipelines": ["popularity", "cf"], "diagnose": diagnose}, DiagnoseConfig)
 
 
 def test_calibration_config_is_checked():
@@ -212,26 +213,25 @@ def test_eval_metric_helper_agrees(split):
 def test_rerank_only_target_rows_keeps_every_accuracy_metric(split):
     """LlamaRec's evaluation: rerank only users with a relevant item in the reranker's input.
     Accuracy must equal reranking everyone, with fewer LLM calls."""
-    from recfunnel.evaluate.runner import target_in
-
     data, sp = split
     full_llm, some_llm = ScriptedLLM(logprobs=reverse_order), ScriptedLLM(logprobs=reverse_order)
     full = llm_funnel(data, sp, full_llm).run(sp.test.requests, 50)
-    some = llm_funnel(data, sp, some_llm).run(sp.test.requests, 50, rerank_rows=target_in(sp.test))
+    some = llm_funnel(data, sp, some_llm).run(sp.test.requests, 50, rows=rows_with_target(sp.test))
     names = ["ndcg@10", "hr@10", "mrr@10", "recall@50"]
     a = evaluate(full.final.items, sp.test.truth, names, data.catalog.n_items)
     b = evaluate(some.final.items, sp.test.truth, names, data.catalog.n_items)
     for m in names:
         assert np.array_equal(a.per_user[m], b.per_user[m]), m
-    head = CandidateBatch(full.rerank_input.items[:, :10], full.rerank_input.scores[:, :10], "h")
-    hit = target_in(sp.test)(sp.test.requests, head)
+    given = full.inputs["rerank:verbalizer"]
+    head = CandidateBatch(given.items[:, :10], given.scores[:, :10], "h")
+    hit = rows_with_target(sp.test)(sp.test.requests, head)
     assert 0 < hit.sum() < len(hit)
     assert len(some_llm.prompts) == hit.sum() < len(full_llm.prompts) == len(hit)
-    stage = some.trace["rerank:verbalizer"]
+    stage = some.batches["rerank:verbalizer"]
     assert np.isnan(stage.extras["llm_score"][~hit]).all()
     assert not np.isnan(stage.extras["llm_score"][hit, 0]).any()
     # rows left alone keep the ranker's order
-    assert np.array_equal(stage.items[~hit], some.rerank_input.items[~hit, :10])
+    assert np.array_equal(stage.items[~hit], some.inputs["rerank:verbalizer"].items[~hit, :10])
 
 
 def test_reranking_some_rows_reports_latency_for_every_row(split):
@@ -243,7 +243,7 @@ def test_reranking_some_rows_reports_latency_for_every_row(split):
     f = llm_funnel(data, sp, llm)
     mask = np.zeros(len(sp.test), dtype=bool)
     mask[[1, 4, 7]] = True
-    res = f.run(sp.test.requests, 10, rerank_rows=lambda reqs, head: mask)
-    secs = res.stats["rerank:verbalizer"]["row_seconds"]
+    res = f.run(sp.test.requests, 10, rows=lambda reqs, head: mask)
+    secs = res.stats["rerank:verbalizer"].row_seconds
     assert len(secs) == len(sp.test) and len(llm.prompts) == 3
     assert np.all(secs[~mask] == 0)

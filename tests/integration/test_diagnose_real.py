@@ -4,15 +4,14 @@ Chromium with every plot decoded."""
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import jsonschema
 import pytest
 from typer.testing import CliRunner
 
+from browser import chromium
 from recfunnel.cli import app
 from recfunnel.evaluate.diagnose import schema
 
@@ -38,25 +37,19 @@ sweep = { pipeline = "embedding+llm", pool_sizes = [4, 8], users = 4 }
 [[pipelines]]
 name = "popularity"
 pool_size = 1000
-retrievers = [{ kind = "popularity" }]
+stages = [{ kind = "popularity" }]
 
 [[pipelines]]
 name = "embedding+llm"
-retrievers = [{ kind = "content" }]
-rerank = { method = "verbalizer", top_n = 8 }
+stages = [{ kind = "content" }, { kind = "verbalizer", top_n = 8 }]
 
 [[pipelines]]
 name = "hybrid+llm+cal"
-retrievers = [{ kind = "cf" }, { kind = "content" }, { kind = "popularity" }]
-rerank = { method = "verbalizer", top_n = 8, calibration = { users = 6, grid = [0.0, 0.5, 1.0] } }
+stages = [
+  { kind = "cf" }, { kind = "content" }, { kind = "popularity" }, { kind = "fuse" },
+  { kind = "verbalizer", top_n = 8, calibration = { users = 6, grid = [0.0, 0.5, 1.0] } },
+]
 """
-
-
-def chromium() -> str | None:
-    return next(
-        (p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))),
-        None,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +85,9 @@ def test_diagnosis_json_matches_schema_and_numbers(report):
     # a stage's own pool recall is the same number `eval` reports for that ranking
     assert pop["recall@50"] == pytest.approx(pipes["popularity"]["metrics"]["recall@50"]["mean"])
     rr = pipes["embedding+llm"]["stages"]["rerank:verbalizer"]
-    assert rr["depth"] == 8 and -1 <= rr["position_corr"] <= 1
-    assert 0 <= rr["top10_change"] <= 1 and rr["invalid_rate"] == 0.0
+    assert rr["depth"] == 8 and rr["position_corr"] is not None
+    # shuffling 8 candidates only reorders them: the top 10 keeps the same items
+    assert rr["top10_change"] == 0.0 and rr["invalid_rate"] == 0.0
     cost = pipes["embedding+llm"]["cost"]
     assert cost["llm_calls_per_user"] == 1.0 and cost["prompt_tokens_per_user"] > 100
     assert cost["latency_ms_p95"] >= cost["latency_ms_p50"] > 0
@@ -125,10 +119,6 @@ def test_report_renders_in_headless_chromium(report):
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "headline.png", "lorenz.png", "pareto.png", "pool_sweep.png", "scores.png"]  # fmt: skip
     browser = chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: .ci/run installs it with apt-get")
-        pytest.skip("chromium not installed (apt-get install chromium)")
     dom = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
          "--dump-dom", (out / "index.html").as_uri()],

@@ -5,7 +5,6 @@ deciding with the real model."""
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -14,12 +13,13 @@ import httpx
 import pytest
 import uvicorn
 
-from recfunnel.config import RoutedPipelineConfig, builtin_pipeline
+from browser import chromium
 from recfunnel.data import load_dataset
-from recfunnel.evaluate.chat_sim import eval_chat
 from recfunnel.llm.base import LLMConfig
 from recfunnel.llm.models import resolve_gguf
+from recfunnel.pipeline import RoutedPipelineConfig, builtin_pipeline
 from recfunnel.serve.app import create_app
+from recfunnel.serve.chat_sim import eval_chat
 from recfunnel.serve.config import ServeConfig, default_pipeline
 from recfunnel.serve.service import Service
 from servers import free_port, start_server, stop_server
@@ -64,13 +64,6 @@ class Served:
         self.thread.join(timeout=10)
 
 
-def chromium() -> str:
-    path = next((p for n in ("chromium", "chromium-browser") if (p := shutil.which(n))), None)
-    if path is None:
-        pytest.fail("chromium is not installed: .ci/run installs it with apt-get")
-    return path
-
-
 def test_demo_page_end_to_end_in_chromium(real):
     from playwright.sync_api import expect, sync_playwright
 
@@ -107,7 +100,8 @@ def test_llm_server_stopped_mid_test_falls_back_without_errors(movielens, tmp_pa
     llm = LLMConfig(backend="openai", base_url=base, model="smollm2-135m", retries=0,
                     timeout_s=10, cache=False)  # fmt: skip
     cold = builtin_pipeline("hybrid+llm-verbalizer")
-    cold = cold.model_copy(update={"rerank": cold.rerank.model_copy(update={"llm": llm})})
+    last = cold.stages[-1].model_copy(update={"llm": llm})
+    cold = cold.model_copy(update={"stages": [*cold.stages[:-1], last]})
     route = default_pipeline().route.model_copy(update={"cold": cold})
     cfg = ServeConfig(pipeline=RoutedPipelineConfig(name="routed", route=route), rate_limit=None,
                       budget_ms=10_000, breaker={"failures": 2, "reset_s": 60})  # fmt: skip

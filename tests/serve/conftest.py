@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recfunnel.data.registry import load_dataset
+from recfunnel.data.load import load_dataset
 from serving import make_service
 
 

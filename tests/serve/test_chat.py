@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from recfunnel.chat import ChatAgent, ChatState, PreferenceParser
-from recfunnel.evaluate.chat_sim import SimUser, eval_chat, next_relevant, run_session
 from recfunnel.serve.app import create_app
+from recfunnel.serve.chat import ChatAgent, ChatState, PreferenceParser
+from recfunnel.serve.chat_sim import SimUser, eval_chat, next_relevant, run_session
 
 
 @pytest.fixture()

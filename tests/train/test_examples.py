@@ -4,15 +4,16 @@ shuffles distinct, the answers grounded, and the DPO pairs against position bias
 import numpy as np
 import pytest
 
+from recfunnel.core.errors import ConfigError
+from recfunnel.core.types import Request
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import cold_start, leave_last_out
-from recfunnel.errors import ConfigError
-from recfunnel.explain import TitleIndex, grounding_errors
-from recfunnel.llm.prompts import PromptStyle
-from recfunnel.retrieve.cf import CFConfig, CFRetriever
-from recfunnel.retrieve.popularity import PopularityConfig, PopularityRetriever
+from recfunnel.stages.base import FitContext
+from recfunnel.stages.explain.grounded import TitleIndex, grounding_errors
+from recfunnel.stages.retrieve.cf import CFConfig, CFRetriever
+from recfunnel.stages.retrieve.popularity import PopularityConfig, PopularityRetriever
+from recfunnel.stages.text import PromptStyle
 from recfunnel.train.examples import build_examples, held_out
-from recfunnel.types import Request
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 def built(shared_data):
     data = load_dataset("ml-latest-small", shared_data)
     split = leave_last_out(data, seed=0)
-    cf = CFRetriever(CFConfig(kind="cf", model="als")).fit(split.train, data.catalog)
+    cf = CFRetriever(CFConfig(kind="cf", model="als")).fit(FitContext(split.train, data.catalog))
     style = PromptStyle(noun="movie", history_items=5, title_chars=40)
     ex = build_examples(
         split, data.catalog, cf, n_lists=40, shuffles=4, candidates=10, style=style, seed=3
@@ -75,7 +76,7 @@ def test_answers_are_grounded_and_pairs_oppose_position_bias(built):
 
 def test_same_seed_same_examples(built, shared_data):
     data, split, ex = built
-    cf = CFRetriever(CFConfig(kind="cf", model="als")).fit(split.train, data.catalog)
+    cf = CFRetriever(CFConfig(kind="cf", model="als")).fit(FitContext(split.train, data.catalog))
     style = PromptStyle(noun="movie", history_items=5, title_chars=40)
     again = build_examples(
         split, data.catalog, cf, n_lists=40, shuffles=4, candidates=10, style=style, seed=3
@@ -95,7 +96,7 @@ def cold(shared_data):
         for user, items in held_out(sp).items():
             held.setdefault(user, set()).update(items)
     pop = PopularityRetriever(PopularityConfig(kind="popularity")).fit(
-        splits[0].train, data.catalog
+        FitContext(splits[0].train, data.catalog)
     )
     style = PromptStyle(noun="movie", history_items=5, title_chars=40, show_prev_rank=True)
     ex = build_examples(

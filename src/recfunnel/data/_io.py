@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from recfunnel.errors import DatasetFormatError, DatasetNotFound
+from recfunnel.core.errors import DatasetFormatError, DatasetNotFound
 
 
 def require_files(path: Path, *names: str) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfunnel.core.errors import DatasetFormatError
+from recfunnel.core.types import Catalog, Dataset, Interactions
 from recfunnel.data._io import read_table, require_columns, require_files
-from recfunnel.errors import DatasetFormatError
-from recfunnel.types import Catalog, Dataset, Interactions
 
 log = logging.getLogger(__name__)
 

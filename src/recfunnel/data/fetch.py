@@ -19,16 +19,16 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import httpx
-from tqdm import tqdm
 
-from recfunnel.data.paths import data_root
-from recfunnel.data.registry import DATASETS, Archive, DatasetSpec
-from recfunnel.errors import (
+from recfunnel.core import progress
+from recfunnel.core.errors import (
     ChecksumMismatch,
     ConfigError,
     DatasetFormatError,
     DownloadError,
 )
+from recfunnel.core.paths import DATA_URL_ENV, data_root
+from recfunnel.data.registry import DATASETS, Archive, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,17 @@ TIMEOUT = httpx.Timeout(30.0, read=120.0)
 CHUNK = 1 << 16
 
 
-def archive_url(archive: Archive, url: str | None) -> str:
-    """The archive's URL, or the same file name under ``url`` (a mirror); a ``url`` that
-    already names a .zip is taken as the archive's full address."""
-    if url is None:
+def archive_url(archive: Archive, url: str | None = None) -> str:
+    """Where to download ``archive`` from: under ``url`` (a mirror's base URL), else under
+    ``$RECFUNNEL_DATA_URL``, else the publisher's; a ``url`` that already names a .zip is
+    taken as the archive's full address. A mirror keeps the publisher's layout:
+    ``<base>/movielens/ml-latest-small.zip``, with its ``.md5`` beside it."""
+    base = url or os.environ.get(DATA_URL_ENV) or None
+    if base is None:
         return archive.url
-    if url.lower().endswith(".zip"):
-        return url
-    return url.rstrip("/") + "/" + archive.url.rsplit("/", 1)[-1]
+    if base.lower().endswith(".zip"):
+        return base
+    return f"{base.rstrip('/')}/{archive.path}"
 
 
 def parse_md5(text: str) -> str:
@@ -77,13 +80,7 @@ def _download(client: httpx.Client, url: str, dest: Path) -> str:
             total = int(resp.headers.get("content-length", 0)) or None
             with (
                 dest.open("wb") as out,
-                tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    desc=url.rsplit("/", 1)[-1],
-                    disable=None,
-                ) as bar,
+                progress.bar(total, url.rsplit("/", 1)[-1], unit="B", unit_scale=True) as bar,
             ):
                 for chunk in resp.iter_bytes(CHUNK):
                     out.write(chunk)
@@ -198,8 +195,10 @@ def fetch(
         except OSError:
             if previous.exists():
                 previous.rename(dest)
+            elif _has_files(dest, spec):  # another process installed it meanwhile
+                return dest
             raise
-        log.info("installed %s in %s", name, dest)
+        progress.notice(f"fetched {name} from {src} into {dest}")
         return dest
     finally:
         shutil.rmtree(work, ignore_errors=True)

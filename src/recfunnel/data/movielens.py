@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfunnel.core.errors import DatasetFormatError
+from recfunnel.core.types import Catalog, Dataset, Interactions
 from recfunnel.data._io import read_table, require_files
-from recfunnel.errors import DatasetFormatError
-from recfunnel.types import Catalog, Dataset, Interactions
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 

@@ -1,4 +1,4 @@
-"""Where datasets live: ``--data-dir``, then ``$RECFUNNEL_DATA``, then ``../shared/data``."""
+"""Where a dataset's files are expected (see :func:`recfunnel.core.paths.data_root`)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from recfunnel.errors import DatasetNotFound
-
-ENV_VAR = "RECFUNNEL_DATA"
-DEV_DEFAULT = Path("../shared/data")
+from recfunnel.core.errors import DatasetNotFound
+from recfunnel.core.paths import DATA_ENV, OFFLINE_ENV, data_root, offline
 
 
-def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder that holds one sub-folder per dataset."""
-    if data_dir is not None:
-        return Path(data_dir)
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env)
-    return DEV_DEFAULT
+def missing_files(folder: Path, files: Sequence[str]) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
 
 
 def dataset_dir(
@@ -27,14 +19,13 @@ def dataset_dir(
 ) -> Path:
     """The dataset's folder, checked to hold ``files``; else a :class:`DatasetNotFound` that
     names the folder, the files expected and how to get them."""
-    root = data_root(data_dir)
-    path = root / folder
-    missing = [f for f in files if not (path / f).is_file()]
+    path = data_root(data_dir) / folder
+    missing = missing_files(path, files)
     if missing:
+        off = f" Downloads are off (${OFFLINE_ENV})." if offline() else ""
         raise DatasetNotFound(
             f"dataset folder {path.resolve()} is missing {', '.join(missing)} "
-            f"(expected files: {', '.join(files)}). Put the files there, point --data-dir or "
-            f"${ENV_VAR} at the folder that contains {folder}/, or run "
-            f"`recfunnel data fetch` for datasets that can be downloaded."
+            f"(expected files: {', '.join(files)}). Put the files there, or point --data-dir "
+            f"or ${DATA_ENV} at the folder that contains {folder}/.{off}"
         )
     return path

@@ -1,28 +1,31 @@
-"""Named datasets: where their files live, how to load them, and where to fetch them."""
+"""Named datasets: which files they have, how to load them, and where to fetch them."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from recfunnel.data.paths import dataset_dir
-from recfunnel.errors import ConfigError
-from recfunnel.types import Dataset
+from recfunnel.core.types import Dataset
 
 
 @dataclass(frozen=True)
 class Archive:
-    """A published archive a user may download (``recfunnel data fetch``)."""
+    """A published archive, downloaded on first use (or by ``recfunnel data fetch``)."""
 
-    url: str
+    base: str
+    """The publisher's base URL (``$RECFUNNEL_DATA_URL`` replaces it: a mirror)."""
+    path: str
+    """Where the archive sits under the base, e.g. ``movielens/ml-latest-small.zip``."""
     md5: str | None
     """The checksum GroupLens publishes beside the archive (``<url>.md5``); None = fetch that."""
     inner: str
     """The folder inside the zip that holds the files."""
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/{self.path}"
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "ml-latest-small",
             ("ratings.csv", "movies.csv"),
             "recfunnel.data.movielens:load_ml_latest_small",
-            Archive(f"{_GL}/movielens/ml-latest-small.zip", None, "ml-latest-small"),
+            Archive(_GL, "movielens/ml-latest-small.zip", None, "ml-latest-small"),
             "MovieLens latest-small: 100,836 ratings, 610 users, 9,742 movies",
             noun="movie",
         ),
@@ -61,7 +64,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "ml-100k",
             ("u.data", "u.item"),
             "recfunnel.data.movielens:load_ml_100k",
-            Archive(f"{_GL}/movielens/ml-100k.zip", "0e33842e24a9c977be4e0107933c0723", "ml-100k"),
+            Archive(_GL, "movielens/ml-100k.zip", "0e33842e24a9c977be4e0107933c0723", "ml-100k"),
             "MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies",
             noun="movie",
         ),
@@ -70,7 +73,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "ml-1m",
             ("ratings.dat", "movies.dat"),
             "recfunnel.data.movielens:load_ml_1m",
-            Archive(f"{_GL}/movielens/ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906", "ml-1m"),
+            Archive(_GL, "movielens/ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906", "ml-1m"),
             "MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,706 movies",
             noun="movie",
         ),
@@ -80,7 +83,7 @@ DATASETS: dict[str, DatasetSpec] = {
             ("training.csv", "movies.csv"),
             "recfunnel.data.serendipity:load_serendipity",
             Archive(
-                f"{_GL}/serendipity-sac2018/serendipity-sac2018.zip", None, "serendipity-sac2018"
+                _GL, "serendipity-sac2018/serendipity-sac2018.zip", None, "serendipity-sac2018"
             ),
             "MovieLens Serendipity 2018: ~10M ratings with serendipity answers",
             noun="movie",
@@ -105,14 +108,3 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     ]
 }
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Load a named dataset from the data directory (see :func:`.paths.data_root`)."""
-    spec = DATASETS.get(name)
-    if spec is None:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    path = dataset_dir(spec.folder, spec.files, data_dir)
-    data = spec.load_fn()(path)
-    catalog = dataclasses.replace(data.catalog, noun=spec.noun)
-    return dataclasses.replace(data, name=spec.name, catalog=catalog)

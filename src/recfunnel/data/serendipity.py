@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfunnel.core.types import Dataset
 from recfunnel.data._io import read_table, require_columns, require_files
 from recfunnel.data.movielens import build_movielens, title_year
-from recfunnel.types import Dataset
 
 log = logging.getLogger(__name__)
 

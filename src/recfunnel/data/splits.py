@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from recfunnel.errors import ConfigError
-from recfunnel.types import Dataset, EvalSet, Interactions, Request, Split
+from recfunnel.core.config import Strict
+from recfunnel.core.errors import ConfigError
+from recfunnel.core.types import Dataset, EvalSet, Interactions, Request, Split
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +202,38 @@ def make_split(data: Dataset, protocol: str, seed: int = 0, **params: Any) -> Sp
     if fn is None:
         raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     return fn(data, seed=seed, **params)
+
+
+# ---- protocols as configs ------------------------------------------------------------
+class _Protocol(Strict):
+    """A split protocol: ``name`` picks it, the other fields are its parameters."""
+
+    name: str
+
+    def split(self, data: Dataset, seed: int) -> Split:
+        params = self.model_dump()
+        return make_split(data, params.pop("name"), seed, **params)
+
+
+class ColdStartConfig(_Protocol):
+    name: Literal["cold-start"] = "cold-start"
+    n_users: int = Field(200, ge=1, description="Test users sampled per seed (all if fewer).")
+    history: int = Field(5, ge=0, description="First items by time each test user keeps.")
+    history_max: int | None = Field(
+        None,
+        ge=0,
+        description="If set: each user keeps a seeded log-uniform count in "
+        "[history, history_max] (mixed cold and warm users, for routing studies).",
+    )
+    relevance: float | None = Field(4.0, description="Min rating of a truth item (None: all).")
+    n_valid: int = Field(0, ge=0, description="Validation users, split like test users.")
+
+
+class LeaveLastOutConfig(_Protocol):
+    name: Literal["leave-last-out"] = "leave-last-out"
+    core: int | None = Field(None, ge=0, description="k-core filter (None: 5, 0 if prefiltered)")
+    n_users: int | None = Field(None, ge=1, description="Evaluate a seeded sample of users.")
+
+
+ProtocolConfig = Annotated[ColdStartConfig | LeaveLastOutConfig, Field(discriminator="name")]
+"""``[protocol]`` of an experiment: ``name`` = cold-start or leave-last-out."""

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
 
+from recfunnel.core.config import Strict
+from recfunnel.core.errors import DatasetFormatError, DatasetNotFound
+from recfunnel.core.types import Catalog, Dataset, Interactions
 from recfunnel.data._io import require_columns
-from recfunnel.errors import DatasetFormatError, DatasetNotFound
-from recfunnel.types import Catalog, Dataset, Interactions
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +227,25 @@ def load_tabular(
         timestamps_real=has_times,
         meta={"source": str(inter_file), "items_source": items_file and str(items_file)},
     )
+
+
+class TabularDatasetConfig(Strict):
+    """Any interactions file (CSV/TSV/Parquet) plus an optional item catalog file."""
+
+    interactions: str
+    items: str | None = None
+    name: str | None = None
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    rating_col: str = "rating"
+    timestamp_col: str = "timestamp"
+    title_col: str = "title"
+    genres_col: str = "genres"
+
+    def load(self) -> Dataset:
+        return load_tabular(
+            self.interactions, self.items, name=self.name, user_col=self.user_col,
+            item_col=self.item_col, rating_col=self.rating_col,
+            timestamp_col=self.timestamp_col, title_col=self.title_col,
+            genres_col=self.genres_col,
+        )  # fmt: skip

@@ -1,5 +1,2 @@
-"""Metrics, diagnostics and the experiment runner."""
-
-from recfunnel.evaluate.metrics import evaluate, parse_metric
-
-__all__ = ["evaluate", "parse_metric"]
+"""Experiments (``recfunnel eval``), the diagnosis (``recfunnel diagnose``), its report and
+the statistics behind them."""

@@ -17,20 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from recfunnel import __version__
-from recfunnel.config import DiagnoseConfig, PipelineConfig
+from recfunnel.core import __version__
+from recfunnel.core.candidates import PAD
+from recfunnel.core.metrics import evaluate, exposure, hit_matrix
+from recfunnel.core.types import Dataset, EvalSet, Split
 from recfunnel.evaluate import diagnostics as dg
-from recfunnel.evaluate.metrics import evaluate, exposure, hit_matrix
-from recfunnel.evaluate.runner import (
-    ExperimentResult,
-    RunResult,
-    calibration_set,
-    load_experiment_data,
-    run_experiment,
-)
+from recfunnel.evaluate.config import DiagnoseConfig
+from recfunnel.evaluate.runner import ExperimentResult, RunResult, run_experiment
 from recfunnel.evaluate.stats import holm, paired_test
-from recfunnel.funnel import Funnel, FunnelResult
-from recfunnel.types import PAD, Dataset, EvalSet, Split
+from recfunnel.pipeline import Funnel, Pipeline, PipelineConfig, Shared
+from recfunnel.stages.base import LLMStats, Trace
+from recfunnel.stages.registry import stage_class
 
 SCHEMA_ID = "recfunnel.diagnosis/1"
 POOL_CUTOFFS = (50, 200, 1000)
@@ -60,21 +57,22 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
     """Rerun the reranker on a shuffled input: how much of the top-10 changes, and how
     much output position still follows (now meaningless) input position."""
 
-    def probe(funnel: Funnel, split: Split, out: FunnelResult) -> dict[str, Any]:
-        if funnel.reranker_ is None:
+    def probe(pipeline: Pipeline, split: Split, out: Trace) -> dict[str, Any]:
+        name = pipeline.probe_stage
+        if name is None:
             return {}
         m = len(split.test) if users is None else min(users, len(split.test))
-        shuffled = funnel.run(split.test.requests[:m], 10, shuffle_head=split.seed + seed_offset)
+        shuffled = pipeline.run(split.test.requests[:m], 10, shuffle=split.seed + seed_offset)
+        assert out.final is not None and shuffled.final is not None
         a, b = out.final.items[:m, :10], shuffled.final.items[:, :10]
-        stage = shuffled.trace[funnel.reranker_.stage]
-        truth, n_items = split.test.truth[:m], funnel.catalog_.n_items
-        assert out.rerank_input is not None
+        stage = shuffled.batches[name]
+        truth, n_items = split.test.truth[:m], pipeline.catalog_.n_items
         ndcg = {  # per user: reranked as shown, reranked shuffled, the reranker's input order
             key: evaluate(x, truth, ["ndcg@10"], n_items).per_user["ndcg@10"]
-            for key, x in (("in", a), ("shuffled", b), ("input", out.rerank_input.items[:m]))
+            for key, x in (("in", a), ("shuffled", b), ("input", out.inputs[name].items[:m]))
         }
         return {
-            "stage": funnel.reranker_.stage,
+            "stage": name,
             "n_users": m,
             "top10_change": 1.0 - dg.topk_overlap(a, b, 10),
             "top1_change": float(np.mean(a[:, 0] != b[:, 0])),
@@ -153,7 +151,7 @@ def stage_report(
     n_boot: int,
 ) -> dict[str, Any]:
     """One stage of one pipeline, over seeds (``runs`` and ``truths`` aligned by seed)."""
-    batches = [r.funnel_result.trace[name] for r in runs if r.funnel_result is not None]
+    batches = [r.trace.batches[name] for r in runs if r.trace is not None]
     out: dict[str, Any] = {"depth": int(batches[0].depth)}
     for k in POOL_CUTOFFS:
         vals = [dg.pool_recall(b, t, n_items, k) for b, t in zip(batches, truths, strict=True)]
@@ -199,7 +197,11 @@ def stage_report(
                 np.concatenate([p["per_user"]["input_order"] for p in probes]),
             )
             out["shuffled_vs_input_order"] = {k: _num(v) for k, v in test.to_json().items()}
-        stats = [r.funnel_result.stats.get(name, {}) for r in runs if r.funnel_result]
+        stats = [
+            r.trace.stats[name].figures() if name in r.trace.stats else {}
+            for r in runs
+            if r.trace is not None
+        ]
         for key in ("invalid_rate", "invalid_row_rate", "order_agreement"):
             got = np.array([s.get(key, np.nan) for s in stats], np.float64)
             out[key] = _num(got[np.isfinite(got)].mean()) if np.isfinite(got).any() else None
@@ -210,15 +212,16 @@ def stage_report(
 def per_user_seconds(run: RunResult) -> np.ndarray:
     """Each user's latency: its share of the non-LLM work plus its own LLM compute time
     (as measured when the answer was computed, so cached reruns report the true cost)."""
-    fr = run.funnel_result
+    fr = run.trace
     assert fr is not None
     n = run.n_users
-    llm_stages = [s for s in fr.stats if "row_seconds" in fr.stats[s]]
-    llm_wall = sum(fr.timings.get(s, 0.0) for s in llm_stages)
+    per_row = {s: st.row_seconds for s, st in fr.stats.items()
+               if isinstance(st, LLMStats) and st.row_seconds is not None}  # fmt: skip
+    llm_wall = sum(fr.timings.get(s, 0.0) for s in per_row)
     base = max(run.timings["run_s"] - llm_wall, 0.0) / max(n, 1)
     seconds = np.full(n, base)
-    for s in llm_stages:
-        rows = np.asarray(fr.stats[s]["row_seconds"], np.float64)
+    for s, row_seconds in per_row.items():
+        rows = np.asarray(row_seconds, np.float64).copy()
         unknown = ~np.isfinite(rows)  # answers cached before compute time was recorded
         rows[unknown] = fr.timings.get(s, 0.0) / max(n, 1)
         seconds += rows
@@ -254,12 +257,14 @@ def pipeline_report(
             d.price_completion,
         ),
     }
-    trace = runs[0].funnel_result.trace if runs[0].funnel_result else {}
+    trace = runs[0].trace.batches if runs[0].trace else {}
+    blends = [info for r in runs for info in r.tuned.values() if "blend" in info]
     return {
         "name": name,
         "metrics": metrics,
         "cost": cost,
-        "calibration": [r.calibration for r in runs] if runs[0].calibration else None,
+        "calibration": blends or None,
+        "tuned": [r.tuned for r in runs],
         "explain": {  # grounding of the explanations (rates over explained items)
             k: _num(np.mean([r.metrics[k] for r in runs]))
             for k in runs[0].metrics
@@ -316,39 +321,41 @@ def pool_sweep(
     if sweep is None:
         return None
     pipe = next(p for p in cfg.pipelines if p.name == sweep.pipeline)
-    assert isinstance(pipe, PipelineConfig) and pipe.rerank is not None
+    assert isinstance(pipe, PipelineConfig)
+    at = next(i for i, st in enumerate(pipe.stages) if stage_class(st.kind).probed)
     seed = cfg.seeds[0]
     split = cfg.protocol.split(data, seed)
     m = len(split.test) if sweep.users is None else min(sweep.users, len(split.test))
     test = EvalSet(split.test.requests[:m], split.test.truth[:m])
-    fitted: dict[str, Any] = {}
+    shared = Shared()
     rows = []
     for size in sweep.pool_sizes:
+        stages = [st.model_dump() for st in pipe.stages]
+        stages[at]["top_n"] = size
         sized = PipelineConfig.model_validate(
-            {**pipe.model_dump(), "name": f"{pipe.name}@{size}",
-             "pool_size": max(pipe.pool_size, size),
-             "rerank": {**pipe.rerank.model_dump(), "top_n": size}}
+            {"name": f"{pipe.name}@{size}", "pool_size": max(pipe.pool_size, size),
+             "stages": stages}
         )  # fmt: skip
-        funnel = Funnel(sized, seed, fitted).fit(split.train, data.catalog)
-        cal = getattr(sized.rerank, "calibration", None)
-        if cal is not None:
-            funnel.calibrate(calibration_set(split.valid, cal.users, seed))
+        funnel = Funnel(sized, seed, shared).fit(split.train, data.catalog)
+        funnel.tune(split)
         res = funnel.run(test.requests, 10)
+        assert res.final is not None and funnel.probe_stage is not None
         scored = evaluate(res.final.items, test.truth, cfg.diagnose.test_metrics,
                           data.catalog.n_items)  # fmt: skip
-        stage = funnel.reranker_.stage if funnel.reranker_ else ""
-        seconds = np.asarray(res.stats[stage]["row_seconds"], np.float64)
-        before = res.rerank_input
-        assert before is not None
+        name = funnel.probe_stage
+        st = res.stats[name]
+        figures = st.figures()
+        seconds = np.asarray(getattr(st, "row_seconds", np.full(m, np.nan)), np.float64)
+        before = res.inputs[name]
         rows.append({
             "pool": size,
             **{k: float(v) for k, v in scored.means.items()},
             "pool_recall": _num(dg.pool_recall(before, test.truth, data.catalog.n_items, size)),
             "llm_ms_per_user_mean": _num(1000 * np.nanmean(seconds)),
             **{k: _num(v) for k, v in dg.latency_percentiles(np.nan_to_num(seconds)).items()},
-            "llm_calls_per_user": float(res.stats[stage]["llm_calls_per_user"]),
-            "prompt_tokens_per_user": float(res.stats[stage]["prompt_tokens_per_user"]),
-            "blend": funnel.reranker_.config.blend if funnel.reranker_ else None,  # type: ignore[attr-defined]
+            "llm_calls_per_user": float(figures.get("llm_calls_per_user", 0.0)),
+            "prompt_tokens_per_user": float(figures.get("prompt_tokens_per_user", 0.0)),
+            "blend": getattr(funnel.stages_[funnel.names_.index(name)].config, "blend", None),
         })  # fmt: skip
         if on_step:
             on_step(f"pool sweep {size}")
@@ -356,20 +363,22 @@ def pool_sweep(
 
 
 # ---- the whole diagnosis --------------------------------------------------------------
-def run_diagnosis(
+def diagnose(
     cfg: DiagnoseConfig,
     *,
     dataset: Dataset | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Everything ``recfunnel diagnose`` writes to diagnosis.json."""
-    data = dataset if dataset is not None else load_experiment_data(cfg)
+    """Everything ``recfunnel diagnose`` writes to diagnosis.json: each stage of each
+    pipeline measured over seeds, the pipelines tested against the baseline, the pool-size
+    sweep."""
+    data = dataset if dataset is not None else cfg.load_data()
     truths: dict[int, list[np.ndarray]] = {}
     probe = position_probe(cfg.diagnose.position_users)
 
-    def keep_truth(funnel: Funnel, split: Split, out: FunnelResult) -> dict[str, Any]:
+    def keep_truth(pipeline: Pipeline, split: Split, out: Trace) -> dict[str, Any]:
         truths[split.seed] = split.test.truth
-        return probe(funnel, split, out)
+        return probe(pipeline, split, out)
 
     result = run_experiment(cfg, dataset=data, keep_traces=True, on_step=on_step, probe=keep_truth)
     n_items = data.catalog.n_items

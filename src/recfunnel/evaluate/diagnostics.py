@@ -11,8 +11,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from recfunnel.evaluate.metrics import exposure, gini, hit_matrix
-from recfunnel.types import PAD, CandidateBatch
+from recfunnel.core.candidates import PAD, CandidateBatch
+from recfunnel.core.metrics import exposure, gini, hit_matrix
 
 
 def cohen_d(pos: np.ndarray, neg: np.ndarray) -> float:

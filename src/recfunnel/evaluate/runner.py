@@ -1,13 +1,13 @@
-"""Run an experiment: for each seed, split, fit every pipeline, rank, and score each stage.
+"""Run an experiment: for each seed, split, fit and tune every pipeline, rank the test users
+with the chosen engine, and score each stage.
 
-The same :class:`~recfunnel.funnel.Funnel` objects that serve requests are evaluated here;
-per-stage pool recall is read from each funnel's trace, never recomputed elsewhere.
+The same pipeline objects that serve requests are evaluated here; per-stage pool recall is
+read from each run's trace, never recomputed elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from recfunnel.config import ExperimentConfig, TabularDatasetConfig
-from recfunnel.data.registry import load_dataset
-from recfunnel.errors import ConfigError
-from recfunnel.evaluate.metrics import depth_needed, evaluate
-from recfunnel.funnel import FunnelResult
-from recfunnel.rerank.aspects import year_groups
-from recfunnel.route import RoutedFunnel, build_funnel, by_history
-from recfunnel.train.leakage import check_no_leak
-from recfunnel.types import Dataset, EvalSet, Split
+from recfunnel.core.metrics import depth_needed, evaluate
+from recfunnel.core.strict_json import json_safe
+from recfunnel.core.types import Dataset, Split
+from recfunnel.engine import rank
+from recfunnel.evaluate.buckets import by_history
+from recfunnel.evaluate.config import ExperimentConfig
+from recfunnel.pipeline import Pipeline, Shared, build_pipeline
+from recfunnel.pipeline.leakage import check_no_leak
+from recfunnel.stages.base import Trace
+from recfunnel.stages.rerank.aspects import year_groups
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +41,20 @@ class RunResult:
     stages: dict[str, dict[str, float]]
     n_users: int
     timings: dict[str, float]
-    calibration: dict[str, Any] | None = None
-    ranker: dict[str, Any] | None = None
-    """The learned ranker's training users and feature importances (gain shares)."""
-    route: dict[str, Any] | None = None
-    """A routed pipeline's threshold and the validation scores behind it."""
+    tuned: dict[str, Any] = field(default_factory=dict)
+    """What each stage learned on validation users (a ranker's training users and feature
+    importances, a blend weight, a router's threshold), by stage name."""
     history_len: np.ndarray | None = field(default=None, repr=False)
     probes: dict[str, Any] = field(default_factory=dict)
     """What ``run_experiment``'s ``probe`` returned for this run (diagnostics)."""
     per_user: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    funnel_result: FunnelResult | None = field(default=None, repr=False)
+    trace: Trace | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("per_user", "funnel_result", "probes", "history_len"):
+        for key in ("per_user", "trace", "probes", "history_len"):
             d.pop(key)
         return d
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, recursively."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 @dataclass
@@ -124,25 +112,6 @@ class ExperimentResult:
         return out
 
 
-def load_experiment_data(cfg: ExperimentConfig) -> Dataset:
-    if isinstance(cfg.dataset, TabularDatasetConfig):
-        from recfunnel.data.tabular import load_tabular
-
-        t = cfg.dataset
-        return load_tabular(
-            t.interactions,
-            t.items,
-            name=t.name,
-            user_col=t.user_col,
-            item_col=t.item_col,
-            rating_col=t.rating_col,
-            timestamp_col=t.timestamp_col,
-            title_col=t.title_col,
-            genres_col=t.genres_col,
-        )
-    return load_dataset(cfg.dataset, cfg.data_dir)
-
-
 COST_KEYS = (
     "llm_calls_per_user",
     "prompt_tokens_per_user",
@@ -151,78 +120,34 @@ COST_KEYS = (
 )
 
 
-def stage_metrics(result: FunnelResult, split: Split, n_items: int) -> dict[str, dict[str, float]]:
+def stage_metrics(trace: Trace, split: Split, n_items: int) -> dict[str, dict[str, float]]:
     """Recall of every stage's own pool at the cutoffs its depth allows, fallbacks, and the
     stage's own figures (LLM calls, tokens, invalid outputs)."""
     out: dict[str, dict[str, float]] = {}
-    for name, batch in result.trace.items():
+    for name, batch in trace.batches.items():
         names = [f"recall@{c}" for c in STAGE_CUTOFFS if c <= batch.depth]
         vals = evaluate(batch.items, split.test.truth, names, n_items).means if names else {}
         out[name] = {**vals, "fallback_rate": batch.fallback_rate, "depth": float(batch.depth)}
-        stats = result.stats.get(name, {})
-        out[name].update({k: float(v) for k, v in stats.items() if np.ndim(v) == 0})
+        if name in trace.stats:
+            out[name].update(trace.stats[name].figures())
     return out
 
 
-def cost_metrics(result: FunnelResult, n_users: int, seconds: float) -> dict[str, float]:
-    """Latency and LLM cost per user, summed over the pipeline's LLM stages."""
+def cost_metrics(trace: Trace, n_users: int, seconds: float) -> dict[str, float]:
+    """Latency and LLM cost per user, summed over the pipeline's LLM stages (explanations
+    included, with their grounding rates)."""
     out = {"latency_ms_per_user": 1000 * seconds / max(n_users, 1)}
+    figures = {name: st.figures() for name, st in trace.stats.items()}
     for key in COST_KEYS:
-        out[key] = float(sum(s.get(key, 0.0) for s in result.stats.values()))
-    explain = result.stats.get("explain")
-    if explain is not None:  # explanations cost LLM calls too, and have their own rates
-        n = max(n_users, 1)
-        out["llm_calls_per_user"] += explain["llm_calls"] / n
-        out["prompt_tokens_per_user"] += explain["prompt_tokens"] / n
-        out["completion_tokens_per_user"] += explain["completion_tokens"] / n
-        out.update({f"explain_{k}": float(v) for k, v in explain.items() if k.endswith("rate")})
+        out[key] = float(sum(f.get(key, 0.0) for f in figures.values()))
+    for name in trace.notes:
+        for key, v in figures.get(name, {}).items():
+            if key.endswith("rate") and key != "invalid_rate":
+                out[f"explain_{key}"] = float(v)
     return out
 
 
-Probe = Callable[[Any, Split, FunnelResult], dict[str, Any]]
-
-
-def prepare_funnel(funnel: Any, split: Split) -> None:
-    """What a funnel learns from validation users before it meets a test user: the
-    learned ranker, the reranker's calibration, a router's threshold."""
-    if isinstance(funnel, RoutedFunnel):
-        funnel.prepare(split)
-        return
-    cfg = funnel.config
-    if cfg.rank is not None:
-        funnel.fit_ranker(
-            calibration_set(split.valid, cfg.rank.train_users, split.seed), split.test
-        )
-    if getattr(cfg.rerank, "calibration", None) is not None:
-        cal = cfg.rerank.calibration
-        funnel.calibrate(calibration_set(split.valid, cal.users, split.seed))
-
-
-def calibration_set(valid: EvalSet | None, users: int | None, seed: int) -> EvalSet:
-    """The validation users a calibration or a ranker may learn from (a seeded sample)."""
-    if valid is None or len(valid) == 0:
-        raise ConfigError(
-            "rank and rerank.calibration need validation users: "
-            "set protocol.n_valid > 0 (cold-start)"
-        )
-    if users is None or users >= len(valid):
-        return valid
-    pick = np.sort(np.random.default_rng(seed).choice(len(valid), users, replace=False))
-    return EvalSet([valid.requests[i] for i in pick], [valid.truth[i] for i in pick])
-
-
-def target_in(evalset: EvalSet) -> Callable[[Any, Any], np.ndarray]:
-    """Rows whose reranker input holds a relevant item (``rerank_users``); requests are
-    matched by identity, so a router's subsets work too."""
-    truth = {id(r): t for r, t in zip(evalset.requests, evalset.truth, strict=True)}
-
-    def rows(requests: Any, head: Any) -> np.ndarray:
-        return np.array(
-            [np.isin(truth[id(r)], head.items[i]).any() for i, r in enumerate(requests)],
-            dtype=bool,
-        )
-
-    return rows
+Probe = Callable[[Pipeline, Split, Trace], dict[str, Any]]
 
 
 def run_experiment(
@@ -235,44 +160,31 @@ def run_experiment(
 ) -> ExperimentResult:
     """Evaluate every pipeline on every seed; ``on_step`` is called after each (progress).
 
-    A pipeline whose reranker has a ``calibration`` is calibrated on validation users
-    before it sees a test user. ``probe`` runs after each pipeline's test pass (e.g. the
-    shuffled-input rerun of ``recfunnel diagnose``); what it returns lands in ``probes``.
+    Each pipeline is fitted on the training split and tuned on validation users (a learned
+    ranker, a calibrated blend, a router's threshold) before it sees a test user. ``probe``
+    runs after each pipeline's test pass (e.g. the shuffled-input rerun of ``recfunnel
+    diagnose``); what it returns lands in ``probes``.
     """
-    data = dataset if dataset is not None else load_experiment_data(cfg)
-    check_no_leak(cfg, data.name)
+    data = dataset if dataset is not None else cfg.load_data()
+    check_no_leak(cfg, data.name, cfg.allow_unchecked_adapters)
     depth = depth_needed(cfg.metrics)
     protocol = cfg.protocol.model_dump()
     protocol_name = protocol.pop("name")
     results: list[RunResult] = []
     genres, groups = data.catalog.genre_matrix, year_groups(data.catalog)
+    only_hits = cfg.rerank_users == "target-in-input"
     for seed in cfg.seeds:
         split = cfg.protocol.split(data, seed)
-        fitted: dict[str, Any] = {}
+        shared = Shared()
         counts = split.train.item_counts()
         for pipe in cfg.pipelines:
-            only_hits = cfg.rerank_users == "target-in-input"
             t0 = time.perf_counter()
-            funnel: Any = None
-            if cfg.engine.kind == "local" or probe is not None:  # a probe reruns it here
-                funnel = build_funnel(pipe, seed, fitted).fit(split.train, data.catalog)
-                prepare_funnel(funnel, split)
+            pipeline = build_pipeline(pipe, seed, shared).fit(split.train, data.catalog)
+            tuned = pipeline.tune(split)
             t1 = time.perf_counter()
-            if cfg.engine.kind == "ray":
-                from recfunnel.engine.ray import run_on_ray
-
-                out, info = run_on_ray(cfg.engine, pipe, seed, split, data.catalog, depth,
-                                       only_hits)  # fmt: skip
-            else:
-                out = funnel.run(
-                    split.test.requests,
-                    depth,
-                    rerank_rows=target_in(split.test) if only_hits else None,
-                )
-                info = {"fit_s": t1 - t0, "calibration": funnel.calibration_,
-                        "ranker": funnel.ranker_info_,
-                        "route": getattr(funnel, "route_info_", None)}  # fmt: skip
+            out = rank(cfg.engine, pipeline, split.test, depth, only_hits)
             t2 = time.perf_counter()
+            assert out.final is not None
             scored = evaluate(
                 out.final.items,
                 split.test.truth,
@@ -288,21 +200,19 @@ def run_experiment(
                 RunResult(
                     pipeline=pipe.name,
                     seed=seed,
-                    metrics={**scored.means, **cost_metrics(out, len(split.test), t2 - t1)},
+                    metrics={**scored.means, **cost_metrics(out, n, t2 - t1)},
                     stages=stage_metrics(out, split, data.catalog.n_items),
                     n_users=n,
                     timings={
-                        "fit_s": info["fit_s"],
+                        "fit_s": t1 - t0,
                         "run_s": t2 - t1,
                         "latency_ms_per_user": 1000 * (t2 - t1) / max(n, 1),
                     },
-                    calibration=info["calibration"],
-                    ranker=info["ranker"],
-                    route=info["route"],
+                    tuned=tuned,
                     history_len=np.array([len(r.history) for r in split.test.requests]),
-                    probes=probe(funnel, split, out) if probe else {},
+                    probes=probe(pipeline, split, out) if probe else {},
                     per_user=scored.per_user,
-                    funnel_result=out if keep_traces else None,
+                    trace=out if keep_traces else None,
                 )
             )
             log.info("%s seed %d: %s", pipe.name, seed, scored.means)

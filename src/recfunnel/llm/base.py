@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfunnel.errors import RecfunnelError
+from recfunnel.core.errors import RecfunnelError
 from recfunnel.llm.cache import AnswerCache, answer_key
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,9 @@ class LLM(abc.ABC):
         return [self._option_logprobs(m, options) for m in batch]
 
     # ---- public, cached API ----------------------------------------------------------
-    def _key(self, kind: str, messages: Sequence[Message], params: dict[str, Any]) -> str:
-        return answer_key(self.model_id, kind, self.render(messages), params)
+    def _key(self, kind: str, messages: Sequence[Message], params: dict[str, Any],
+             template: str = "") -> str:  # fmt: skip
+        return answer_key(self.model_id, kind, self.render(messages), params, template)
 
     def complete(
         self,
@@ -206,10 +207,12 @@ class LLM(abc.ABC):
         max_tokens: int = 128,
         temperature: float | None = None,
         stop: Sequence[str] = (),
+        template: str = "",
     ) -> Completion:
         return self.complete_many(
-            [messages], max_tokens=max_tokens, temperature=temperature, stop=stop
-        )[0]
+            [messages], max_tokens=max_tokens, temperature=temperature, stop=stop,
+            template=template,
+        )[0]  # fmt: skip
 
     def complete_many(
         self,
@@ -218,8 +221,10 @@ class LLM(abc.ABC):
         max_tokens: int = 128,
         temperature: float | None = None,
         stop: Sequence[str] = (),
+        template: str = "",
     ) -> list[Completion]:
-        """Answers for many prompts; cached ones are free, the rest go to the back-end at once."""
+        """Answers for many prompts; cached ones are free, the rest go to the back-end at once.
+        ``template``: the prompt template's name and version (part of the cache key)."""
         temp = self.config.temperature if temperature is None else temperature
         params = {
             "max_tokens": max_tokens,
@@ -228,7 +233,7 @@ class LLM(abc.ABC):
             "seed": self.config.seed,
             "repeat_penalty": self.config.repeat_penalty,
         }
-        keys = [self._key("complete", m, params) for m in batch]
+        keys = [self._key("complete", m, params, template) for m in batch]
         out: list[Completion | None] = [self._cached_completion(k) for k in keys]
         todo = [i for i, c in enumerate(out) if c is None]
         if todo:
@@ -250,15 +255,17 @@ class LLM(abc.ABC):
                 self._count(pt, ct, per)
         return [c for c in out if c is not None]
 
-    def option_logprobs(self, messages: Sequence[Message], options: Sequence[str]) -> OptionScores:
-        return self.option_logprobs_many([messages], options)[0]
+    def option_logprobs(self, messages: Sequence[Message], options: Sequence[str],
+                        template: str = "") -> OptionScores:  # fmt: skip
+        return self.option_logprobs_many([messages], options, template)[0]
 
     def option_logprobs_many(
-        self, batch: Sequence[Sequence[Message]], options: Sequence[str]
+        self, batch: Sequence[Sequence[Message]], options: Sequence[str], template: str = ""
     ) -> list[OptionScores]:
-        """Next-token log-probabilities of ``options`` for each prompt (one forward pass each)."""
+        """Next-token log-probabilities of ``options`` for each prompt (one forward pass
+        each); ``template`` as in :meth:`complete_many`."""
         params = {"options": list(options)}
-        keys = [self._key("logprobs", m, params) for m in batch]
+        keys = [self._key("logprobs", m, params, template) for m in batch]
         out: list[OptionScores | None] = []
         for k in keys:
             hit = self._cache.get(k) if self._cache is not None else None

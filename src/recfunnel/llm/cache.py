@@ -1,8 +1,11 @@
-"""A persistent LLM answer cache in SQLite, keyed by model + prompt + parameters.
+"""A persistent LLM answer cache in SQLite, keyed by model, prompt template version,
+prompt and parameters.
 
-SQLite commits are atomic, so a crash mid-write leaves the previous state intact; a file
-that is not a readable database (disk trouble, a truncated copy) is moved aside and a
-fresh cache is started, with a warning, instead of failing the run.
+SQLite commits are atomic and WAL mode lets several processes (server workers, Ray actors)
+read and write one file; a file that is not a readable database (disk trouble, a truncated
+copy) is moved aside and a fresh cache is started, with a warning, instead of failing the
+run. ``$RECFUNNEL_ANSWERS`` puts the cache file elsewhere (the test suite uses a new one
+per run, so every real-model test asks the model afresh).
 """
 
 from __future__ import annotations
@@ -10,34 +13,47 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from recfunnel.cache import cache_root
+from recfunnel.core.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+ANSWERS_ENV = "RECFUNNEL_ANSWERS"
+ANSWER_FORMAT = "answers/2"
+"""How a back-end's answer is computed and stored (bump it when that changes: the old
+entries then simply miss)."""
 
 
-def answer_key(model: str, kind: str, prompt: str, params: dict[str, Any]) -> str:
-    """sha256 over everything that can change an answer."""
+def answer_key(model: str, kind: str, prompt: str, params: dict[str, Any],
+               template: str = "") -> str:  # fmt: skip
+    """sha256 over everything that can change an answer: the model's fingerprint, the
+    kind of answer, the prompt template's version, the rendered prompt, the parameters."""
     blob = json.dumps(
-        {"model": model, "kind": kind, "prompt": prompt, "params": params},
+        {"model": model, "kind": kind, "template": template, "prompt": prompt,
+         "params": params, "format": ANSWER_FORMAT},
         sort_keys=True,
         ensure_ascii=False,
-    )
+    )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def default_path() -> Path:
+    env = os.environ.get(ANSWERS_ENV)
+    return Path(env).expanduser() if env else cache_root() / "llm" / "answers.sqlite"
 
 
 class AnswerCache:
     """Get/put JSON values by key; safe to share between threads of one process."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or cache_root() / "llm" / "answers.sqlite"
+        self.path = path or default_path()
         self._lock = threading.Lock()
         self._conn = self._open()
 

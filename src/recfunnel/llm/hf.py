@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from recfunnel.cache import cache_root, model_fingerprint
-from recfunnel.errors import ConfigError, MissingDependency
+from recfunnel.core.errors import ConfigError, require
+from recfunnel.core.fingerprint import model_fingerprint
+from recfunnel.core.paths import cache_root
 from recfunnel.llm.base import LLMConfig, Message, TemplatedLLM
 from recfunnel.llm.cache import AnswerCache
 from recfunnel.llm.models import ALIASES, resolve_gguf
@@ -35,18 +36,11 @@ BATCH = 8
 """Prompts per forward pass in :meth:`HFLLM._option_logprobs_many`."""
 _MARKER = "recfunnel-dequantized.json"
 """Written last into a de-quantized folder: its absence means the folder is incomplete."""
-_INSTALL = "pip install 'recfunnel[hf]'"
 
 
 def _import_torch() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise MissingDependency(
-            f"the hf back-end needs torch and transformers: {_INSTALL}"
-        ) from exc
-    return torch, transformers
+    why = "the hf back-end"
+    return require("torch", "hf", why), require("transformers", "hf", why)
 
 
 def _remove(path: Path) -> None:
@@ -173,11 +167,8 @@ class HFLLM(TemplatedLLM):
 
     def _apply_adapter(self, model: Any, adapter: str) -> tuple[Any, str]:
         folder = Path(adapter).expanduser()
-        try:
-            from peft import PeftModel
-        except ImportError as exc:
-            raise MissingDependency(f"a LoRA adapter needs peft: {_INSTALL}") from exc
-        peft_model = PeftModel.from_pretrained(model, str(folder))
+        peft = require("peft", "hf", "a LoRA adapter")
+        peft_model = peft.PeftModel.from_pretrained(model, str(folder))
         try:  # merged LoRA weights run as fast as the base model
             merged = peft_model.merge_and_unload()
         except (AttributeError, ValueError, NotImplementedError) as exc:

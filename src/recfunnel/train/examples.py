@@ -22,13 +22,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from recfunnel.core.candidates import PAD
+from recfunnel.core.errors import ConfigError
+from recfunnel.core.types import Catalog, Request, Split
 from recfunnel.data.splits import ordered_events
-from recfunnel.errors import ConfigError
-from recfunnel.explain import template_reason
 from recfunnel.llm.base import Message
-from recfunnel.llm.prompts import PromptStyle, verbalizer_prompt
-from recfunnel.retrieve.base import Retriever
-from recfunnel.types import PAD, Catalog, Request, Split
+from recfunnel.stages.explain.grounded import template_reason
+from recfunnel.stages.rerank.prompts import verbalizer_prompt
+from recfunnel.stages.retrieve.base import Retriever
+from recfunnel.stages.text import PromptStyle
 
 
 @dataclass

@@ -17,28 +17,33 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from recfunnel.config import LeaveLastOutConfig, ProtocolConfig, RetrieverConfig
+from recfunnel.core.config import Strict
+from recfunnel.core.errors import require
 from recfunnel.data import load_dataset
-from recfunnel.errors import MissingDependency
+from recfunnel.data.splits import LeaveLastOutConfig, ProtocolConfig
 from recfunnel.llm.base import LLMConfig
-from recfunnel.llm.prompts import PromptStyle
-from recfunnel.retrieve.cf import CFConfig
+from recfunnel.stages.base import FitContext
+from recfunnel.stages.base import StageConfig as AnyStageConfig
+from recfunnel.stages.registry import build_stage, stage_config_type
+from recfunnel.stages.retrieve.base import Retriever
+from recfunnel.stages.retrieve.cf import CFConfig
+from recfunnel.stages.text import PromptStyle
 from recfunnel.train.examples import Example, build_examples, dpo_rows, held_out, sft_rows
 
+if TYPE_CHECKING:
+    RetrieverConfig = AnyStageConfig
+else:
+    RetrieverConfig = stage_config_type("pool")
+
 log = logging.getLogger(__name__)
-_INSTALL = "pip install 'recfunnel[train]'"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ExamplesConfig(_Strict):
+class ExamplesConfig(Strict):
     """Which training lists are built (see :func:`build_examples`)."""
 
     lists: int = Field(64, ge=1, description="lists: one per user (and per history cut)")
@@ -74,7 +79,7 @@ class ExamplesConfig(_Strict):
         return v
 
 
-class LoRAConfig(_Strict):
+class LoRAConfig(Strict):
     r: int = Field(16, ge=1)
     layers: list[int] | None = Field(
         None,
@@ -96,7 +101,7 @@ class LoRAConfig(_Strict):
     )
 
 
-class StageConfig(_Strict):
+class StageConfig(Strict):
     objective: Literal["completion", "listwise"] = Field(
         "completion",
         description="completion: next-token loss on the answer (letter, then reason); "
@@ -122,7 +127,7 @@ class DPOStageConfig(StageConfig):
         return v
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """configs/train-reranker.toml."""
 
     dataset: str = "ml-latest-small"
@@ -152,18 +157,13 @@ class TrainConfig(_Strict):
 
 
 def _imports() -> tuple[Any, Any, Any]:
-    try:
-        import datasets
-        import peft
-        import trl
-    except ImportError as exc:
-        raise MissingDependency(f"training needs trl, peft and datasets: {_INSTALL}") from exc
-    return datasets, peft, trl
+    why = "recfunnel train"
+    return (require("datasets", "train", why), require("peft", "train", why),
+            require("trl", "train", why))  # fmt: skip
 
 
 def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
     """The training lists of ``cfg`` (training split of leave-last-out only)."""
-    from recfunnel.funnel import build_retriever
 
     data = load_dataset(cfg.dataset, cfg.data_dir)
     split = cfg.protocol.split(data, cfg.seed)
@@ -172,8 +172,10 @@ def make_examples(cfg: TrainConfig) -> tuple[list[Example], PromptStyle]:
         for user, items in held_out(cfg.protocol.split(data, seed)).items():
             held.setdefault(user, set()).update(items)
     ex = cfg.examples
-    retriever = build_retriever(ex.retriever.model_copy(update={"seed": cfg.seed}))
-    retriever.fit(split.train, data.catalog)
+    seeded = ex.retriever.model_copy(update={"seed": cfg.seed}) if "seed" in \
+        type(ex.retriever).model_fields else ex.retriever  # fmt: skip
+    retriever = build_stage(seeded).fit(FitContext(split.train, data.catalog, cfg.seed))
+    assert isinstance(retriever, Retriever)
     style = PromptStyle(
         noun=data.catalog.noun,
         history_items=ex.history_items,

@@ -1,0 +1,134 @@
+"""The ``recfunnel`` app and what every command shares.
+
+Every command gets ``--quiet``, ``--verbose`` and ``--offline`` and one error handler:
+recfunnel's own
+errors (bad config, missing dataset, unknown name) print one clear message and exit with
+status 2, never a traceback.
+"""
+
+import functools
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recfunnel.core import progress
+from recfunnel.core.errors import RecfunnelError
+from recfunnel.core.paths import OFFLINE_ENV
+
+console = Console(stderr=True)
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log what each step does.")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding dataset folders (else $RECFUNNEL_DATA)."),
+]
+Offline = Annotated[
+    bool, typer.Option("--offline", help="Never download a dataset (else $RECFUNNEL_OFFLINE).")
+]
+
+
+def fail(exc: RecfunnelError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+def setup_output(quiet: bool, verbose: bool, offline: bool = False) -> None:
+    """Progress bars off with ``quiet``; INFO logs with ``verbose``; no downloads with
+    ``offline``."""
+    progress.set_quiet(quiet)
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,
+    )
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with ``--quiet``/``--verbose`` added and recfunnel's errors turned into one
+    message and exit status 2."""
+    sig = inspect.signature(fn)
+    wants_quiet = "quiet" in sig.parameters
+
+    @functools.wraps(fn)
+    def command(*args: Any, quiet: bool = False, verbose: bool = False, offline: bool = False,
+                **kwargs: Any) -> Any:  # fmt: skip
+        setup_output(quiet, verbose, offline)
+        if wants_quiet:
+            kwargs["quiet"] = quiet
+        try:
+            return fn(*args, **kwargs)
+        except RecfunnelError as exc:
+            raise fail(exc) from None
+
+    common = {"quiet": Quiet, "verbose": Verbose, "offline": Offline}
+    kept = [p for p in sig.parameters.values() if p.name not in common]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=a)
+             for n, a in common.items()]  # fmt: skip
+    command.__signature__ = sig.replace(parameters=[*kept, *extra])  # type: ignore[attr-defined]
+    command.__annotations__ = {**fn.__annotations__, **common}
+    return command
+
+
+class App(typer.Typer):
+    """A Typer app whose every command has the common options and error handling."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(_common(fn))
+
+
+app = App(
+    help="recfunnel: retrieval → ranker → LLM, every stage measured.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = App(help="List, inspect and download datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def table_console(json_to_stdout: bool = False) -> Console:
+    """Where a result table goes: stdout, unless stdout carries the JSON."""
+    return Console(stderr=json_to_stdout, width=None if sys.stdout.isatty() else 220)
+
+
+def metrics_table(result: Any, metrics: list[str]) -> Table:
+    table = Table(title=f"{result.dataset} · {result.protocol} · seeds {result.seeds}")
+    table.add_column("pipeline", style="bold")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, stats in result.summary().items():
+        cells = []
+        for m in metrics:
+            mean, std = stats[m]
+            cells.append(f"{mean:.0f}±{std:.0f}" if mean >= 100 else f"{mean:.3f}±{std:.3f}")
+        table.add_row(name, *cells)
+    return table
+
+
+def write_json(payload: Any, path: str, quiet: bool) -> None:
+    """``payload`` as strict JSON to ``path`` ('-': stdout)."""
+    import json
+
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    if path == "-":
+        sys.stdout.write(text + "\n")
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    if not quiet:
+        console.print(f"wrote {path}")

@@ -1,1 +1,0 @@
-"""Learned ranking stages between retrieval and the LLM reranker."""

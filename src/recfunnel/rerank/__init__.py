@@ -1,1 +1,0 @@
-"""Rerankers: LLM listwise/pointwise methods (and, later, aspect rerankers)."""

@@ -1,1 +1,0 @@
-"""Candidate generators (batched over requests) and pool fusion."""

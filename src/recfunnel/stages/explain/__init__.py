@@ -1,0 +1,1 @@
+"""Explanation stages: reasons for the final list's top items, checked before shown."""

@@ -1,0 +1,1 @@
+"""Learned ranking stages: LambdaRank over the trace's pools, item and history features."""

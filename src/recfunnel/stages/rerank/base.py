@@ -1,0 +1,33 @@
+"""What every reranker shares: it reorders the head of the list so far.
+
+A reranker sees the previous stage's top candidates (with their scores and ranks) and
+returns the same items in a new order; the funnel appends the untouched tail, so recall
+beyond the head is never lost and a weak reranker can only move what it was shown.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TypeVar
+
+from recfunnel.core.candidates import CandidateBatch
+from recfunnel.core.types import Request
+from recfunnel.stages.base import Stage, StageConfig, Trace
+
+C = TypeVar("C", bound=StageConfig)
+
+
+class Reranker(Stage[C]):
+    """Base of the rerankers: ``rerank(requests, head)`` on the top ``top_n``."""
+
+    family = "rerank"
+    mode = "head"
+    probed = True
+
+    def __call__(self, requests: Sequence[Request], trace: Trace) -> CandidateBatch:
+        return self.rerank(requests, trace.head(self.top_n))
+
+    @abc.abstractmethod
+    def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
+        """The items of each row of ``head``, reordered (best first)."""

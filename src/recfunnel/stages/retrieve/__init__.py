@@ -1,0 +1,1 @@
+"""Retrieval stages (batched candidate generators) and the fusion of their pools."""

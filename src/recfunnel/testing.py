@@ -1,0 +1,191 @@
+"""The contract every stage honours, as a reusable test suite (scikit-learn's
+``parametrize_with_checks`` for recfunnel stages).
+
+A new stage passes when :func:`check_stage` passes on its config::
+
+    from recfunnel.testing import check_stage, stage_checks
+    check_stage(MyConfig(), train, catalog, split)        # all checks
+    for name, check in stage_checks(MyConfig(), ...):     # or one pytest case each
+
+Each check runs the stage inside the smallest pipeline that feeds it (a retriever alone; a
+fusion after two retrievers; a head stage after a popularity pool; an explanation at the
+end), so what is tested is the stage as a funnel runs it:
+
+- ``fit`` returns the stage itself;
+- no request's history item is returned;
+- the same seed gives the same output (two independent fits);
+- a batch gives the same rows as the same requests one by one;
+- a request with an empty history is answered;
+- the stage's figures serialise to strict JSON;
+- the fitted stage pickles (the Ray engine ships it) and answers the same afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from recfunnel.core.candidates import PAD, CandidateBatch
+from recfunnel.core.strict_json import json_safe
+from recfunnel.core.types import Catalog, Interactions, Request, Split
+from recfunnel.llm import LLM, PROCESS_POOL, LLMPool
+from recfunnel.pipeline import Funnel, PipelineConfig, Shared
+from recfunnel.stages.base import FitContext, Stage, StageConfig, Trace
+from recfunnel.stages.registry import REGISTRY, build_stage, stage_class
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "popularity": {},
+    "random": {"seed": 3},
+    "cf": {"factors": 16, "iterations": 5},
+    "content": {},
+    "sasrec": {"epochs": 1, "hidden": 16, "max_len": 20},
+    "fuse": {"method": "rrf"},
+    "ltr": {"top_n": 30, "n_estimators": 20},
+    "verbalizer": {"top_n": 6, "shuffles": 2},
+    "permutation": {"top_n": 5, "window": 4, "step": 2},
+    "pointwise": {"top_n": 4},
+    "goal": {"top_n": 4, "max_visits": 2},
+    "mmr": {"top_n": 10},
+    "dpp": {"top_n": 10},
+    "fair": {"top_n": 10},
+    "explain": {"top_k": 2},
+}
+"""A small config of every registered kind, for the contract suite (a test checks that
+every kind in the registry has one, so no stage skips the contract)."""
+
+K = 10
+
+
+def example(kind: str) -> StageConfig:
+    """The suite's config for ``kind``."""
+    cls = stage_class(kind).config_class
+    return cls.model_validate({"kind": kind, **EXAMPLES[kind]})
+
+
+def harness(config: StageConfig) -> PipelineConfig:
+    """The smallest pipeline that feeds ``config``'s stage."""
+    mode = stage_class(config.kind).mode
+    pop = {"kind": "popularity"}
+    if mode == "pool":
+        stages: list[Any] = [config]
+    elif mode == "list":
+        stages = [pop, {"kind": "cf", "factors": 16, "iterations": 5}, config]
+    else:
+        stages = [pop, config]
+    return PipelineConfig.model_validate({"name": f"contract:{config.kind}", "pool_size": 40,
+                                          "stages": stages})  # fmt: skip
+
+
+class Harness:
+    """One stage fitted (and tuned) inside its harness pipeline."""
+
+    def __init__(self, config: StageConfig, train: Interactions, catalog: Catalog,
+                 split: Split, llm: LLM | None = None, seed: int = 0) -> None:  # fmt: skip
+        self.config, self.catalog, self.split, self.llm = config, catalog, split, llm
+        self.funnel = Funnel(harness(config), seed, Shared.with_llm(llm)).fit(train, catalog)
+        self.funnel.tune(split)
+        self.name = self.funnel.names_[-1]
+        self.stage: Stage[Any] = self.funnel.stages_[-1]
+
+    def output(self, requests: Sequence[Request]) -> CandidateBatch:
+        """The stage's own output for ``requests``."""
+        trace = self.funnel.run(list(requests), K)
+        return self.own(trace)
+
+    def own(self, trace: Trace) -> CandidateBatch:
+        return trace.notes[self.name] if self.stage.mode == "note" else trace.batches[self.name]
+
+
+def _same(a: CandidateBatch, b: CandidateBatch, what: str) -> None:
+    np.testing.assert_array_equal(a.items, b.items, err_msg=what)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=1e-9, err_msg=what)
+    if "explanation" in a.extras:
+        ta = [[getattr(e, "text", None) for e in row] for row in a.extras["explanation"]]
+        tb = [[getattr(e, "text", None) for e in row] for row in b.extras["explanation"]]
+        assert ta == tb, f"{what}: explanations differ"
+
+
+# ---- the checks -----------------------------------------------------------------------
+def check_fit_returns_self(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    stage = build_stage(h.stage.config)
+    pool = LLMPool(override=h.llm)
+    ctx = FitContext(train, h.catalog, 0, pool, list(h.funnel.stages_[:-1]))
+    assert stage.fit(ctx) is stage, f"{h.config.kind}: fit() must return the stage itself"
+
+
+def check_no_history_items(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    out = h.output(requests)
+    for row, req in zip(out.items, requests, strict=True):
+        back = set(row[row != PAD].tolist()) & set(req.history.tolist())
+        assert not back, f"{h.config.kind} returned history items {sorted(back)}"
+
+
+def check_deterministic(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    again = Harness(h.config, train, h.catalog, h.split, h.llm)
+    _same(h.output(requests), again.output(requests), f"{h.config.kind}: same seed, two fits")
+
+
+def check_batch_equals_single(h: Harness, train: Interactions,
+                              requests: Sequence[Request]) -> None:  # fmt: skip
+    batch = h.output(requests)
+    for i, req in enumerate(requests):
+        one = h.output([req])
+        np.testing.assert_array_equal(
+            batch.items[i, : one.depth], one.items[0],
+            err_msg=f"{h.config.kind}: row {i} differs when asked alone",
+        )  # fmt: skip
+
+
+def check_empty_history(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    out = h.output([Request(None), requests[0]])
+    assert out.items.shape[0] == 2, f"{h.config.kind}: an empty history must get a row"
+    if h.stage.mode != "note":
+        assert (out.items[0] != PAD).any(), f"{h.config.kind}: nothing for an empty history"
+
+
+def check_stats_json(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    trace = h.funnel.run(list(requests), K)
+    st = trace.stats.get(h.name)
+    if st is not None:
+        json.dumps(json_safe(st.figures()), allow_nan=False)
+        assert all(isinstance(v, float) for v in st.figures().values())
+    json.dumps(json_safe(h.funnel.tuned_), allow_nan=False)
+
+
+def check_pickles(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    trace = h.funnel.run(list(requests), K)
+    copy = pickle.loads(pickle.dumps(h.funnel))
+    before = PROCESS_POOL.override
+    PROCESS_POOL.override = h.llm  # what a Ray actor would load, here the same model
+    try:
+        again = copy.run(list(requests), K)
+    finally:
+        PROCESS_POOL.override = before
+    _same(h.own(trace), h.own(again), f"{h.config.kind}: after a pickle round trip")
+
+
+CHECKS: dict[str, Callable[[Harness, Interactions, Sequence[Request]], None]] = {
+    "fit_returns_self": check_fit_returns_self,
+    "no_history_items": check_no_history_items,
+    "deterministic": check_deterministic,
+    "batch_equals_single": check_batch_equals_single,
+    "empty_history": check_empty_history,
+    "stats_json": check_stats_json,
+    "pickles": check_pickles,
+}
+
+
+def check_stage(config: StageConfig, train: Interactions, catalog: Catalog, split: Split,
+                requests: Sequence[Request], llm: LLM | None = None) -> None:  # fmt: skip
+    """Run every check of the contract on ``config``'s stage."""
+    h = Harness(config, train, catalog, split, llm)
+    for check in CHECKS.values():
+        check(h, train, requests)
+
+
+def registered_kinds() -> list[str]:
+    return list(REGISTRY)
