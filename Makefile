@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run diagnose test lint clean
+.PHONY: setup run diagnose test lint docs test-tools clean
 
 $(BIN)/recfunnel: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,22 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
 
-test: lint
+# What the tests drive besides Python: Chromium (the demo page and the diagnosis report) and
+# redis-server (several service processes sharing limits and sessions). Found, or installed
+# with apt-get; else a message naming the package.
+TEST_TOOLS := chromium redis-server
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt-get)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+	  { echo "the tests need$$missing: install with apt-get install$$missing"; exit 1; }; \
+	fi
+
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet -d site
+
+test: lint docs test-tools
 	$(BIN)/python -m pytest -q
 
 clean:

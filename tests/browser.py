@@ -1,6 +1,6 @@
 """The browser the page and report tests drive: found, or a failure that says how to get it.
 
-`make test` installs it first (`make browser`, as .ci/run does); a missing browser is a
+`make test` installs it first (`make test-tools`); a missing browser is a
 failure in every environment, never a skip that would hide an untested page.
 """
 
@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-INSTALL = "chromium is not installed: run `make browser` (apt-get install chromium)"
+INSTALL = "chromium is not installed: run `make test-tools` (apt-get install chromium)"
 
 
 def chromium() -> str:

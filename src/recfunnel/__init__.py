@@ -7,7 +7,7 @@ The common path needs only these names (``import recfunnel as rf``)::
     split = rf.make_split(data, "cold-start", seed=0)
     funnel = rf.Funnel(rf.builtin_pipeline("hybrid"), seed=0).fit(split.train, data.catalog)
     trace = funnel.run(split.test.requests, k=10)        # every stage's output, in order
-    print(rf.evaluate(trace.final.items, split.test.truth, ["ndcg@10"], data.catalog.n_items))
+    print(rf.score(trace.final.items, split.test.truth, ["ndcg@10"], data.catalog.n_items))
 
 Everything else is reachable in the sub-packages (``recfunnel.stages``, ``recfunnel.llm``,
 ``recfunnel.serve`` …) but not needed for it. Names load on first use, so ``import
@@ -30,8 +30,9 @@ _PUBLIC = {
     "PipelineConfig": "recfunnel.pipeline.config",
     "builtin_pipeline": "recfunnel.pipeline.config",
     "ExperimentConfig": "recfunnel.evaluate.config",
+    "DiagnoseConfig": "recfunnel.evaluate.config",
     "load_experiment": "recfunnel.evaluate.config",
-    "evaluate": "recfunnel.core.metrics",
+    "score": "recfunnel.core.metrics",
     "run_experiment": "recfunnel.evaluate.runner",
     "diagnose": "recfunnel.evaluate.diagnose",
     "Trace": "recfunnel.stages.base",
@@ -45,11 +46,11 @@ __all__ = [*_PUBLIC, "__version__"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from recfunnel.core.candidates import CandidateBatch
-    from recfunnel.core.metrics import evaluate
+    from recfunnel.core.metrics import score
     from recfunnel.core.types import Dataset, Request, Split
     from recfunnel.data.load import load_dataset
     from recfunnel.data.splits import make_split
-    from recfunnel.evaluate.config import ExperimentConfig, load_experiment
+    from recfunnel.evaluate.config import DiagnoseConfig, ExperimentConfig, load_experiment
     from recfunnel.evaluate.diagnose import diagnose
     from recfunnel.evaluate.runner import run_experiment
     from recfunnel.pipeline.config import PipelineConfig, builtin_pipeline

@@ -3,9 +3,11 @@
 
 A new stage passes when :func:`check_stage` passes on its config::
 
-    from recfunnel.testing import check_stage, stage_checks
-    check_stage(MyConfig(), train, catalog, split)        # all checks
-    for name, check in stage_checks(MyConfig(), ...):     # or one pytest case each
+    from recfunnel.testing import CHECKS, Harness, check_stage
+    check_stage(MyConfig(), split.train, catalog, split, split.test.requests[:6])  # all
+    h = Harness(MyConfig(), split.train, catalog, split)    # or one pytest case per check
+    for name, check in CHECKS.items():
+        check(h, split.train, split.test.requests[:6])
 
 Each check runs the stage inside the smallest pipeline that feeds it (a retriever alone; a
 fusion after two retrievers; a head stage after a popularity pool; an explanation at the
@@ -17,7 +19,9 @@ end), so what is tested is the stage as a funnel runs it:
 - a batch gives the same rows as the same requests one by one;
 - a request with an empty history is answered;
 - the stage's figures serialise to strict JSON;
-- the fitted stage pickles (the Ray engine ships it) and answers the same afterwards.
+- the fitted stage pickles (the Ray engine ships it) and answers the same afterwards;
+- a stage the position probe shuffles (``probed``) says where each output item sat in its
+  input (``extras["input_pos"]``), which the diagnosis reads.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "mmr": {"top_n": 10},
     "dpp": {"top_n": 10},
     "fair": {"top_n": 10},
+    "llm-features": {"top_n": 5, "shuffles": 2},
     "explain": {"top_k": 2},
 }
 """A small config of every registered kind, for the contract suite (a test checks that
@@ -168,6 +173,21 @@ def check_pickles(h: Harness, train: Interactions, requests: Sequence[Request]) 
     _same(h.own(trace), h.own(again), f"{h.config.kind}: after a pickle round trip")
 
 
+def check_probed_input_positions(h: Harness, train: Interactions,
+                                 requests: Sequence[Request]) -> None:  # fmt: skip
+    if not h.stage.probed:
+        return
+    out = h.output(requests)
+    pos = out.extras.get("input_pos")
+    assert pos is not None, f"{h.config.kind}: a probed stage must give extras['input_pos']"
+    given = h.funnel.run(list(requests), K).inputs[h.name].items[:, : out.depth]
+    real = out.items != PAD
+    np.testing.assert_array_equal(
+        np.take_along_axis(given, np.where(real, pos, 0), axis=1)[real], out.items[real],
+        err_msg=f"{h.config.kind}: input_pos does not point at each item's input slot",
+    )  # fmt: skip
+
+
 CHECKS: dict[str, Callable[[Harness, Interactions, Sequence[Request]], None]] = {
     "fit_returns_self": check_fit_returns_self,
     "no_history_items": check_no_history_items,
@@ -176,6 +196,7 @@ CHECKS: dict[str, Callable[[Harness, Interactions, Sequence[Request]], None]] = 
     "empty_history": check_empty_history,
     "stats_json": check_stats_json,
     "pickles": check_pickles,
+    "probed_input_positions": check_probed_input_positions,
 }
 
 

@@ -47,7 +47,7 @@ class Served:
     def __init__(self, service: Service) -> None:
         self.port = free_port()
         cfg = uvicorn.Config(create_app(service), host="127.0.0.1", port=self.port,
-                             log_level="warning")  # fmt: skip
+                             log_level="warning", proxy_headers=False)  # fmt: skip
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -122,11 +122,13 @@ def test_llm_server_stopped_mid_test_falls_back_without_errors(movielens, tmp_pa
     body = [a.json() for a in answers]
     assert not body[0]["fallback"]
     assert [b["fallback_reason"] for b in body[1:5]] == [
-        "llm-unavailable", "circuit-open", "circuit-open", "circuit-open"]  # fmt: skip
+        "llm-unavailable", "llm-unavailable", "circuit-open", "circuit-open"]  # fmt: skip
     assert all(len(b["items"]) == 10 for b in body)
     assert body[5]["route"] == "warm" and not body[5]["fallback"]
-    assert 'recfunnel_fallbacks_total{reason="circuit-open"} 3.0' in metrics
-    assert 'recfunnel_fallbacks_total{reason="llm-unavailable"} 1.0' in metrics
+    assert 'recfunnel_fallbacks_total{reason="circuit-open"} 2.0' in metrics
+    assert 'recfunnel_fallbacks_total{reason="llm-unavailable"} 2.0' in metrics
+    assert "recfunnel_llm_errors_total 2.0" in metrics  # the back-end failed twice
+    assert "recfunnel_llm_short_circuits_total 2.0" in metrics  # then was not called
     assert "recfunnel_breaker_open 1.0" in metrics
     assert not re.search(r'status="5\d\d"', metrics)
 
@@ -139,7 +141,7 @@ def test_llm_explanations_and_chat_with_the_real_model(movielens):
         assert not ans.fallback
         sources = [it.explanation_source for it in ans.items]
         assert sources[2:] == ["template"] * 8 and all(it.explanation for it in ans.items)
-        assert svc.explainer is not None and svc.explainer.stats()["explained"] == 2
+        assert svc.explainer is not None and svc.explainer.stats().explained == 2
         out = eval_chat(ServeConfig(rate_limit=None, budget_ms=30_000), users=2, turns=3,
                         dataset=movielens, policies=["llm"])  # fmt: skip
         row = out["policies"]["llm"]

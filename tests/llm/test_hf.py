@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from recfunnel.cache import CACHE_ENV, model_fingerprint
 from scipy.stats import spearmanr
 
 from recfunnel.core.errors import ConfigError
+from recfunnel.core.fingerprint import model_fingerprint
+from recfunnel.core.paths import CACHE_ENV
 from recfunnel.llm import LLMConfig, build_llm
 from recfunnel.llm.base import Message
 from recfunnel.llm.hf import HFLLM

@@ -39,8 +39,7 @@ def test_parser_reads_titles_genres_years_and_negation(service):
 
 
 def test_later_statements_replace_contradicted_ones(agent):
-    sid = "contradict"
-    agent.turn("I like horror movies and sci-fi", sid)
+    sid = agent.turn("I like horror movies and sci-fi").session_id
     turn = agent.turn("actually no horror", sid)
     assert turn.state["avoid_genres"] == ["Horror"] and turn.state["genres"] == ["Sci-Fi"]
     assert "likes Horror" in turn.state["dropped"]
@@ -93,13 +92,6 @@ def test_steering_text_never_yields_an_item_outside_the_candidates(agent, attack
     assert "Totally Made Up" not in t.reply
 
 
-def test_sessions_are_bounded_and_expire(service):
-    agent = ChatAgent(service, decide="rules")
-    ids = [agent.turn("hello").session_id for _ in range(service.config.chat.sessions + 5)]
-    assert len(agent._sessions) == service.config.chat.sessions
-    assert ids[0] not in agent._sessions and ids[-1] in agent._sessions
-
-
 def test_chat_over_http(service):
     c = TestClient(create_app(service))
     r = c.post("/chat", json={"message": "hello"}).json()
@@ -107,6 +99,8 @@ def test_chat_over_http(service):
     assert r2.status_code == 200 and r2.json()["turn"] == 2
     assert c.post("/chat", json={"message": ""}).status_code == 422
     assert c.post("/chat", json={"message": "hi", "session_id": "../etc"}).status_code == 422
+    assert set(r) == {"session_id", "turn", "action", "reply", "items", "asked", "tools",
+                      "fallback", "decided_by", "state"}  # fmt: skip
 
 
 def test_simulated_user_answers_from_its_truth(service):

@@ -77,6 +77,7 @@ def test_over_budget_answers_come_from_the_ranker_order(movielens):
         text = svc.metrics.render().decode()
         assert 'recfunnel_fallbacks_total{reason="timeout"} 2.0' in text
         assert 'recfunnel_fallbacks_total{reason="budget"} 1.0' in text
+        assert "recfunnel_llm_timeouts_total 2.0" in text
     finally:
         svc.close()
 
@@ -88,7 +89,8 @@ def test_a_failing_backend_opens_the_breaker_then_a_trial_closes_it(movielens):
         req = svc.resolve(history=[1, 260])
         llm.down = True
         reasons = [svc.recommend(req, 10).fallback_reason for _ in range(2)]
-        assert reasons == ["llm-unavailable", "circuit-open"]  # the second failure trips it
+        assert reasons == ["llm-unavailable"] * 2  # the second failure trips it: still a failure
+        assert svc.breaker.current_state == "open"
         asked = len(llm.prompts), llm.usage.errors
         assert svc.recommend(req, 10).fallback_reason == "circuit-open"
         assert (len(llm.prompts), llm.usage.errors) == asked  # open: the back-end is not called
@@ -97,7 +99,11 @@ def test_a_failing_backend_opens_the_breaker_then_a_trial_closes_it(movielens):
         ok = svc.recommend(req, 10)
         assert not ok.fallback and svc.breaker.current_state == "closed"
         text = svc.metrics.render().decode()
-        assert 'recfunnel_fallbacks_total{reason="circuit-open"} 2.0' in text
+        assert 'recfunnel_fallbacks_total{reason="circuit-open"} 1.0' in text
+        assert 'recfunnel_fallbacks_total{reason="llm-unavailable"} 2.0' in text
+        assert "recfunnel_llm_errors_total 2.0" in text  # back-end failures only
+        assert "recfunnel_llm_short_circuits_total 1.0" in text
+        assert "recfunnel_llm_timeouts_total 0.0" in text
         assert "recfunnel_breaker_open 0.0" in text
     finally:
         svc.close()

@@ -209,3 +209,45 @@ def test_make_examples_holds_out_every_evaluation_seed(shared_data):
               for r in cold_start(data, seed=s, n_users=100).test.requests}  # fmt: skip
     assert len(tested) > 150 and style.show_prev_rank
     assert len(ex) == 200 and not tested & {e.user for e in ex}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "history_cut"),
+    [("cold-start", None), ("leave-last-out", None), ("leave-last-out", 5)],
+)
+@pytest.mark.parametrize("show_prev_rank", [False, True])
+def test_a_held_out_item_in_training_data_is_refused(
+    shared_data, monkeypatch, protocol, history_cut, show_prev_rank
+):
+    """If the training split (through a bug) held a user's own held-out item, every list
+    shape refuses, naming the user: the check fails closed. Before, the last-item shape
+    without ranks never looked at the target or the history. (Cold-start test users keep
+    exactly `history` items, so only the last-item shape can list them.)"""
+    import recfunnel.train.examples as examples
+    from recfunnel.core.errors import LeakageError
+
+    data = load_dataset("ml-latest-small", shared_data)
+    split = (cold_start(data, seed=0, n_users=60, n_valid=20) if protocol == "cold-start"
+             else leave_last_out(data, seed=0))  # fmt: skip
+    pop = PopularityRetriever(PopularityConfig()).fit(FitContext(split.train, data.catalog))
+    style = PromptStyle(noun="movie", history_items=5, title_chars=40,
+                        show_prev_rank=show_prev_rank)  # fmt: skip
+    kw = dict(n_lists=30, shuffles=1, candidates=10, style=style, seed=3,
+              history_cut=history_cut)  # fmt: skip
+    own = held_out(split)
+    clean = build_examples(split, data.catalog, pop, **kw)
+    assert clean and all(not own.get(e.user, set()) & {*e.candidates, *map(int, e.history)}
+                         for e in clean)  # fmt: skip
+    real = examples.ordered_events
+
+    def leaky(frame, seed, timestamps_real=True):  # each held user's first item: a held one
+        events = real(frame, seed, timestamps_real)
+        first = events.groupby("user")["pos"].idxmin()
+        for u, row in first.items():
+            if own.get(int(u)):
+                events.loc[row, "item"] = min(own[int(u)])
+        return events
+
+    monkeypatch.setattr(examples, "ordered_events", leaky)
+    with pytest.raises(LeakageError, match=r"user \d+ holds its held-out item"):
+        build_examples(split, data.catalog, pop, **kw)

@@ -70,7 +70,11 @@ def data_fetch(
     force: Annotated[bool, typer.Option(help="Download even if the files are there.")] = False,
 ) -> None:
     """Download a dataset's original archive, verify it and unpack it."""
+    from recfunnel.core.errors import ConfigError
+    from recfunnel.core.paths import offline
     from recfunnel.data.fetch import fetch
 
+    if offline():
+        raise ConfigError("recfunnel data fetch downloads: it cannot run with --offline")
     path = fetch(name, data_dir, url=url, force=force)
     console.print(f"{name} is in {path}")

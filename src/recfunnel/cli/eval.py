@@ -11,7 +11,7 @@ from recfunnel.core import progress
 from recfunnel.core.config import parse_config, read_toml
 from recfunnel.core.errors import RecfunnelError
 
-TABULAR_SUFFIXES = {".csv", ".tsv", ".tab", ".parquet", ".pq", ".gz"}
+TABULAR_SUFFIXES = {".csv", ".tsv", ".tab", ".parquet", ".pq", ".gz", ".bz2", ".xz", ".zst", ".zip"}
 LLM_FIELDS = {"backend", "model", "base_url"}
 
 Config = Annotated[Path | None, typer.Option(help="Experiment TOML (see configs/).")]

@@ -1,6 +1,8 @@
 """``recfunnel serve`` (the HTTP API and demo page) and ``recfunnel eval-chat``."""
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,22 +51,61 @@ def serve_cmd(
     rate_limit: Annotated[
         str | None, typer.Option(help="Per-client limit, e.g. 600/minute; 'off': none.")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Processes, each with its own fitted pipeline.", min=1)
+    ] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Limits and chat sessions: memory:// or redis://host:port/db."),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Serve the funnel over HTTP: /recommend, /chat, /items/search, /healthz, /metrics,
-    and the demo page at /. Set $RECFUNNEL_API_KEY to require a bearer token."""
+    and the demo page at /. Set $RECFUNNEL_API_KEY to require a bearer token (several:
+    comma-separated). Proxy headers count only from the config's trusted_proxies."""
     need_serve()
+    cfg = serve_config(config, data_dir, budget_ms=budget_ms, rate_limit=rate_limit,
+                       storage=storage)  # fmt: skip
+    if workers > 1:
+        return serve_workers(cfg, host, port, workers)
     import uvicorn
 
     from recfunnel.serve.app import create_app
     from recfunnel.serve.service import Service
 
-    cfg = serve_config(config, data_dir, budget_ms=budget_ms, rate_limit=rate_limit)
     with console.status("fitting the pipeline and loading the models…"):
         service = Service(cfg)
     console.print(f"serving {cfg.pipeline.name} on {cfg.dataset} at http://{host}:{port}/ "
                   f"(fitted in {service.fit_seconds:.1f} s)")  # fmt: skip
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(service), host=host, port=port, **UVICORN)
+
+
+UVICORN: dict[str, Any] = {"log_level": "warning", "access_log": False, "proxy_headers": False}
+"""uvicorn's own proxy-header handling is off: it believes X-Forwarded-For from loopback;
+the app believes it only from the config's ``trusted_proxies``."""
+
+
+def serve_workers(cfg: Any, host: str, port: int, workers: int) -> None:
+    """``workers`` processes on one port, each fitting its own pipeline from the config
+    (passed as JSON in the environment); limits and sessions in the shared storage,
+    metrics added up across workers."""
+    import uvicorn
+
+    from recfunnel.serve.app import CONFIG_ENV
+    from recfunnel.serve.metrics import MULTIPROC_ENV
+
+    if cfg.storage.startswith("memory://"):
+        raise RecfunnelError(
+            f"--workers {workers}: each process would keep its own rate limits and chat "
+            "sessions; give --storage redis://host:port/0 (or storage in the config)"
+        )
+    os.environ[CONFIG_ENV] = cfg.model_dump_json()
+    with tempfile.TemporaryDirectory(prefix="recfunnel-metrics-") as fresh:
+        os.environ.setdefault(MULTIPROC_ENV, fresh)  # the operator's folder, if set
+        console.print(f"serving {cfg.pipeline.name} on {cfg.dataset} at http://{host}:{port}/ "
+                      f"with {workers} workers (each fits the pipeline first)")  # fmt: skip
+        uvicorn.run("recfunnel.serve.app:app_from_env", factory=True, workers=workers,
+                    host=host, port=port, **UVICORN)  # fmt: skip
 
 
 @app.command("eval-chat")

@@ -47,6 +47,10 @@ class UnknownItem(RecfunnelError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class LeakageError(RecfunnelError):
+    """Something was about to learn from held-out (validation or test) data."""
+
+
 class MissingDependency(RecfunnelError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 

@@ -295,3 +295,8 @@ def evaluate(
         else:
             means[name] = AGGREGATE[base](view, k)
     return MetricResult(means, per_user)
+
+
+score = evaluate
+"""``recfunnel.score``: :func:`evaluate` under the name the top-level API gives it (the
+``recfunnel.evaluate`` sub-package takes the other one)."""

@@ -319,6 +319,9 @@ class Split:
     test: EvalSet
     valid: EvalSet | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    timestamps_real: bool = True
+    """False when event order is synthetic (a seeded shuffle per user): whoever simulates the
+    protocol on training users orders their events the same way."""
 
 
 def history_matrix(requests: Sequence[Request], n_items: int) -> sp.csr_matrix:

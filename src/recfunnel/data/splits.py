@@ -129,6 +129,7 @@ def cold_start(
         test=evalset(test_users),
         valid=evalset(valid_users) if n_valid else None,
         params=params,
+        timestamps_real=data.timestamps_real,
     )
 
 
@@ -156,7 +157,8 @@ def leave_last_out(
 
     ``core`` defaults to 5, or 0 for datasets published already filtered and split (their
     shipped split is then reproduced exactly). ``n_users`` samples evaluation users (seeded);
-    training always keeps every user.
+    the users not sampled keep all their events in training (the sampled ones lose their
+    last two, like every user).
     """
     core = (0 if data.prefiltered else 5) if core is None else core
     inter = core_filter(data.interactions, core)
@@ -187,6 +189,7 @@ def leave_last_out(
         test=evalset(0, is_test),
         valid=evalset(1, is_valid),
         params=dict(core=core, n_users=n_users),
+        timestamps_real=data.timestamps_real,
     )
 
 

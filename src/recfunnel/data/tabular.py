@@ -239,13 +239,17 @@ class TabularDatasetConfig(Strict):
     item_col: str = "item_id"
     rating_col: str = "rating"
     timestamp_col: str = "timestamp"
+    weight_col: str | None = None
     title_col: str = "title"
     genres_col: str = "genres"
+    genre_sep: str = "|"
+    year_col: str = "year"
 
     def load(self) -> Dataset:
         return load_tabular(
             self.interactions, self.items, name=self.name, user_col=self.user_col,
             item_col=self.item_col, rating_col=self.rating_col,
-            timestamp_col=self.timestamp_col, title_col=self.title_col,
-            genres_col=self.genres_col,
+            timestamp_col=self.timestamp_col, weight_col=self.weight_col,
+            title_col=self.title_col, genres_col=self.genres_col, genre_sep=self.genre_sep,
+            year_col=self.year_col,
         )  # fmt: skip

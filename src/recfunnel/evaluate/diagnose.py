@@ -87,6 +87,25 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
     return probe
 
 
+def ranker_probe(repeats: int, seed: int = 0) -> Callable[..., dict[str, Any]]:
+    """Test-set permutation importance of every feature of every learned ranker: how much
+    NDCG@10 falls when one feature is shuffled over the test users' candidates."""
+
+    def probe(pipeline: Pipeline, split: Split, out: Trace) -> dict[str, Any]:
+        if not isinstance(pipeline, Funnel):
+            return {}
+        found = {}
+        for name, stage in zip(pipeline.names_, pipeline.stages_, strict=True):
+            if hasattr(stage, "permutation_importance"):
+                before = pipeline.run_before(name, split.test.requests, out.k)
+                found[name] = stage.permutation_importance(
+                    split.test.requests, before, split.test.truth, repeats, seed
+                )
+        return {"importance": found} if found else {}
+
+    return probe
+
+
 def concentration(counts: np.ndarray, points: int = 40) -> dict[str, Any]:
     """Exposure inequality at the resolution that matters: the share of top-10 slots taken
     by the k most-shown items (k log-spaced), and the catalog Lorenz curve through the
@@ -173,15 +192,16 @@ def stage_report(
     out["discrimination"] = disc
     out["fallback_rate"] = _num(np.mean([b.fallback_rate for b in batches]))
 
-    if "llm_score" in batches[0].extras:  # an LLM reranker: position bias and validity
+    if "llm_score" in batches[0].extras:  # an LLM reranker's own scores
         raw = np.vstack([b.extras["llm_score"][:, :depth] for b in batches])
         raw_d = dg.discrimination(raw, hits, n_boot=n_boot)
         out["llm_score_cohen_d"] = _num(raw_d.cohen_d)
         out["llm_score_auc"] = _num(raw_d.auc)
+    probes = [r.probes for r in runs if r.probes.get("stage") == name]
+    if probes:  # the probed stage (the first reranker): position bias
         out["position_corr"] = _num(
             np.mean([dg.position_correlation(b.extras["input_pos"]) for b in batches])
         )
-        probes = [r.probes for r in runs if r.probes.get("stage") == name]
         for key in (
             "top10_change",
             "top1_change",
@@ -190,20 +210,18 @@ def stage_report(
             "ndcg@10_probe_users",
             "ndcg@10_input_order",
         ):
-            out[key] = _num(np.mean([p[key] for p in probes])) if probes else None
-        if probes:  # does the reranker beat its input order without seeing that order?
-            test = paired_test(
-                np.concatenate([p["per_user"]["shuffled"] for p in probes]),
-                np.concatenate([p["per_user"]["input_order"] for p in probes]),
-            )
-            out["shuffled_vs_input_order"] = {k: _num(v) for k, v in test.to_json().items()}
-        stats = [
-            r.trace.stats[name].figures() if name in r.trace.stats else {}
-            for r in runs
-            if r.trace is not None
-        ]
+            out[key] = _num(np.mean([p[key] for p in probes]))
+        # does the reranker beat its input order without seeing that order?
+        test = paired_test(
+            np.concatenate([p["per_user"]["shuffled"] for p in probes]),
+            np.concatenate([p["per_user"]["input_order"] for p in probes]),
+        )
+        out["shuffled_vs_input_order"] = {k: _num(v) for k, v in test.to_json().items()}
+    stats = [r.trace.stats[name].figures() for r in runs
+             if r.trace is not None and name in r.trace.stats]  # fmt: skip
+    if any("invalid_rate" in st for st in stats):  # a stage that parses LLM output
         for key in ("invalid_rate", "invalid_row_rate", "order_agreement"):
-            got = np.array([s.get(key, np.nan) for s in stats], np.float64)
+            got = np.array([st.get(key, np.nan) for st in stats], np.float64)
             out[key] = _num(got[np.isfinite(got)].mean()) if np.isfinite(got).any() else None
     return out
 
@@ -265,6 +283,7 @@ def pipeline_report(
         "cost": cost,
         "calibration": blends or None,
         "tuned": [r.tuned for r in runs],
+        "rankers": ranker_report(runs) or None,
         "explain": {  # grounding of the explanations (rates over explained items)
             k: _num(np.mean([r.metrics[k] for r in runs]))
             for k in runs[0].metrics
@@ -273,6 +292,26 @@ def pipeline_report(
         or None,
         "stages": {s: stage_report(s, runs, truths, n_items, d.bootstrap) for s in trace},
     }
+
+
+def ranker_report(runs: list[RunResult]) -> dict[str, Any]:
+    """Per learned ranker: each feature's gain share and test-set permutation importance
+    (NDCG@10 drop when shuffled), means over seeds, largest first."""
+    out: dict[str, Any] = {}
+    names = [n for n in runs[0].probes.get("importance", {})]
+    for name in names:
+        gains = [r.tuned.get(name, {}).get("importance", {}) for r in runs]
+        perms = [
+            r.probes["importance"][name] for r in runs if name in r.probes.get("importance", {})
+        ]
+        features = list(perms[0])
+        perm = {f: _num(np.mean([p[f]["ndcg@10_drop"] for p in perms])) for f in features}
+        gain = {f: _num(np.mean([g.get(f, 0.0) for g in gains])) for f in features}
+        order = sorted(features, key=lambda f: -(perm[f] or 0.0))
+        out[name] = {"features": [{"name": f, "gain": gain[f], "ndcg@10_drop": perm[f]}
+                                  for f in order],
+                     "n_seeds": len(perms)}  # fmt: skip
+    return out
 
 
 def comparisons(result: ExperimentResult, cfg: DiagnoseConfig) -> list[dict[str, Any]]:
@@ -374,11 +413,12 @@ def diagnose(
     sweep."""
     data = dataset if dataset is not None else cfg.load_data()
     truths: dict[int, list[np.ndarray]] = {}
-    probe = position_probe(cfg.diagnose.position_users)
+    probes = (position_probe(cfg.diagnose.position_users),
+              ranker_probe(cfg.diagnose.permutation_repeats))  # fmt: skip
 
     def keep_truth(pipeline: Pipeline, split: Split, out: Trace) -> dict[str, Any]:
         truths[split.seed] = split.test.truth
-        return probe(pipeline, split, out)
+        return {k: v for p in probes for k, v in p(pipeline, split, out).items()}
 
     result = run_experiment(cfg, dataset=data, keep_traces=True, on_step=on_step, probe=keep_truth)
     n_items = data.catalog.n_items

@@ -54,9 +54,16 @@ class LLMConfig(BaseModel):
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
     prefix_cache: bool = Field(
         False,
-        description="llamacpp: reuse the KV cache of a prompt prefix shared with the previous "
-        "call (faster for shuffled orders and pointwise items; scores then differ from a full "
-        "pass by numerical noise, so answers depend on call order: off by default)",
+        description="reuse the work on a prompt prefix shared by several prompts (a user's "
+        "shuffled listings, a user's pointwise items): llamacpp keeps the KV cache of the "
+        "previous call's prefix, hf scores a batch that shares a prefix in one pass over it. "
+        "Scores then differ from a full pass by numerical noise and depend on what was "
+        "batched together: off by default",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="hf: the weights' type; bfloat16 runs on CPUs with AMX or AVX512-BF16 "
+        "several times faster, with other numbers (a different model id in the cache)",
     )
     temperature: float = Field(0.0, ge=0)
     repeat_penalty: float = Field(

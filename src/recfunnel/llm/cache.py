@@ -2,10 +2,12 @@
 prompt and parameters.
 
 SQLite commits are atomic and WAL mode lets several processes (server workers, Ray actors)
-read and write one file; a file that is not a readable database (disk trouble, a truncated
-copy) is moved aside and a fresh cache is started, with a warning, instead of failing the
-run. ``$RECFUNNEL_ANSWERS`` puts the cache file elsewhere (the test suite uses a new one
-per run, so every real-model test asks the model afresh).
+read and write one file, each waiting up to :data:`BUSY_TIMEOUT_S` for another's write; a
+file that is not a readable database (disk trouble, a truncated copy) is moved aside and a
+fresh cache is started, with a warning, instead of failing the run. A database another
+process holds locked is busy, not broken: it is never moved aside. ``$RECFUNNEL_ANSWERS``
+puts the cache file elsewhere (the test suite uses a new one per run, so every real-model
+test asks the model afresh).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 ANSWERS_ENV = "RECFUNNEL_ANSWERS"
+BUSY_TIMEOUT_S = 30.0
 ANSWER_FORMAT = "answers/2"
 """How a back-end's answer is computed and stored (bump it when that changes: the old
 entries then simply miss)."""
@@ -59,7 +62,7 @@ class AnswerCache:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(_SCHEMA)
         conn.execute("SELECT count(*) FROM answers LIMIT 1").fetchone()
@@ -68,6 +71,8 @@ class AnswerCache:
     def _open(self) -> sqlite3.Connection:
         try:
             return self._connect()
+        except sqlite3.OperationalError:
+            raise  # locked by another writer past the timeout (or unreachable): not corrupt
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.warning("LLM cache %s is unreadable (%s); moved to %s", self.path, exc, aside)

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 8
 """Prompts per forward pass in :meth:`HFLLM._option_logprobs_many`."""
+MIN_SHARED = 16
+"""Shared prompt tokens worth a separate pass over the prefix (``prefix_cache``)."""
 _MARKER = "recfunnel-dequantized.json"
 """Written last into a de-quantized folder: its absence means the folder is incomplete."""
 
@@ -71,6 +73,11 @@ class HFLLM(TemplatedLLM):
         if config.adapter is not None:
             model, adapter_fp = self._apply_adapter(model, config.adapter)
             self._id += f":{adapter_fp}"
+        if config.dtype != "float32":
+            model = model.to(getattr(torch, config.dtype))
+            self._id += f":{config.dtype}"
+        if config.prefix_cache:
+            self._id += ":prefix-shared"
         model.eval()
         self.model: Any = model
         self.tokenizer: Any = tok
@@ -234,12 +241,41 @@ class HFLLM(TemplatedLLM):
     ) -> tuple[np.ndarray, int, int]:
         return self._option_logprobs_many([messages], options)[0]
 
+    def _shared_prefix_logprobs(self, prompts: Sequence[list[int]], shared: int) -> np.ndarray:
+        """Next-token log-probs after each prompt, the first ``shared`` tokens (common to all)
+        run once: their KV cache is repeated for every prompt, whose tails then run in one
+        right-padded pass, and each prompt's log-probs are read at its own last token."""
+        torch = self._torch
+        n, width = len(prompts), max(len(p) for p in prompts) - shared
+        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((n, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, p in enumerate(prompts):
+            ids[row, : len(p) - shared] = torch.tensor(p[shared:], dtype=torch.long)
+            mask[row, shared : len(p)] = 1
+        last = torch.tensor([len(p) - shared - 1 for p in prompts])
+        positions = (shared + torch.arange(width))[None, :].repeat(n, 1)
+        body = getattr(self.model, self.model.base_model_prefix)
+        with self._model_lock, torch.inference_mode():
+            head = torch.tensor([prompts[0][:shared]], dtype=torch.long)
+            past = body(input_ids=head, use_cache=True).past_key_values
+            past.batch_repeat_interleave(n)
+            hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions,
+                          past_key_values=past, use_cache=True).last_hidden_state  # fmt: skip
+            logits = self.model.get_output_embeddings()(hidden[torch.arange(n), last]).double()
+            return np.asarray(torch.log_softmax(logits, dim=-1).numpy())
+
     def _option_logprobs_many(
         self, batch: Sequence[Sequence[Message]], options: Sequence[str]
     ) -> list[tuple[np.ndarray, int, int]]:
-        """Prompts sorted by length and scored ``BATCH`` at a time, so padding stays small."""
+        """Prompts sorted by length and scored ``BATCH`` at a time, so padding stays small;
+        with ``prefix_cache``, a batch whose prompts share a long prefix runs it once."""
         ids = [self.option_token(o) for o in options]
         prompts = [self._prompt_tokens(m) for m in batch]
+        shared = _common_prefix(prompts) if self.config.prefix_cache else 0
+        if shared >= MIN_SHARED and len(prompts) > 1:
+            lp = self._shared_prefix_logprobs(prompts, shared)
+            return [(lp[row, ids], len(p), 0) for row, p in enumerate(prompts)]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[tuple[np.ndarray, int, int] | None] = [None] * len(prompts)
         for start in range(0, len(order), BATCH):
@@ -282,3 +318,12 @@ class HFLLM(TemplatedLLM):
         if cut >= 0:
             text = text[:cut]
         return text, len(tokens), len(new)
+
+
+def _common_prefix(prompts: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least its last token to run."""
+    shortest = min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n

@@ -144,6 +144,11 @@ class Funnel:
                 self.tuned_[name] = info
         return self.tuned_
 
+    def run_before(self, name: str, requests: Sequence[Request], k: int) -> Trace:
+        """The trace of the stages before stage ``name`` (what that stage is given)."""
+        self.stage(name)  # names it or raises
+        return self._before(self.names_.index(name))(requests, k)
+
     def _before(self, upto: int) -> Callable[[Sequence[Request], int], Trace]:
         """Runs this funnel's stages before ``upto``."""
 

@@ -1,45 +1,68 @@
 """The HTTP API (FastAPI): ``/recommend``, ``/chat``, ``/items/search``, ``/healthz``,
 ``/metrics`` and the demo page at ``/``.
 
-Access: with an API key configured (``api_key``, or the ``api_key_env`` variable), every
-endpoint but ``/healthz`` and the page's static files needs ``Authorization: Bearer
-<key>``; each client (its key, else its address) has a moving-window rate limit. Bad input
-is a 4xx whose ``detail`` says what is wrong; bodies over ``max_body_bytes`` are refused
-before they are read.
+Access (:mod:`~recfunnel.serve.middleware`): with API keys configured, every endpoint
+but ``/healthz`` and the page's files needs ``Authorization: Bearer <key>``; each client
+(its key, else its address) has a moving-window rate limit. ``/healthz`` says only "ok"
+to a caller without a key. Bad input is a 4xx whose ``detail`` names the field and quotes
+at most a short, escaped excerpt of what was sent; bodies over ``max_body_bytes`` are
+refused before they are read whole. Chat sessions belong to the client that started them.
+
+``recfunnel serve --workers N`` starts each worker with :func:`app_from_env`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from recfunnel.core import __version__
 from recfunnel.core.errors import RecfunnelError, UnknownItem, UnknownUser
 from recfunnel.serve.chat import ChatAgent, Turn
 from recfunnel.serve.config import MAX_HISTORY, MAX_K, MAX_TEXT, ServeConfig
+from recfunnel.serve.middleware import BodyLimit, Counted, Gate, refusal
 from recfunnel.serve.service import Answer, EmptyRequest, Item, Service
+from recfunnel.serve.sessions import ChatFull, UnknownSession
 
 log = logging.getLogger(__name__)
 
-PUBLIC = ("/healthz", "/static/", "/favicon.ico")
-ENDPOINTS = ("/recommend", "/chat", "/items/search", "/healthz", "/metrics", "/")
+CONFIG_ENV = "RECFUNNEL_SERVE_CONFIG"
+"""The serve config as JSON, for workers that build their own app (:func:`app_from_env`)."""
+EXCERPT = 40
+"""Characters of a refused value an error quotes (escaped)."""
+
+
+def unicode_text(v: str) -> str:
+    """JSON can escape a lone surrogate ("\\ud800"), which no UTF-8 text holds: refused
+    here, by field, rather than failing later in a tokenizer or the response encoder."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode: a lone surrogate at character {exc.start}") from None
+    return v
+
+
+Unicode = AfterValidator(unicode_text)  # after the length check: it reads the whole text
+Text = Annotated[str, Field(max_length=MAX_TEXT), Unicode]
+ChatText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), Unicode]
+Title = Annotated[str, Field(min_length=1, max_length=200), Unicode]
+UserName = Annotated[str, Field(min_length=1, max_length=64), Unicode]
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-ItemRef = Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1, max_length=200)]
+ItemRef = Annotated[int, Field(ge=0)] | Title
 
 
 class RecommendIn(_In):
@@ -56,16 +79,14 @@ class RecommendIn(_In):
             ]
         },
     )  # fmt: skip
-    user_id: int | Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
-        None, description="a known user; their history is used"
-    )
+    user_id: int | UserName | None = Field(None, description="a known user; their history is used")
     history: list[ItemRef] = Field(
         default_factory=list,
         max_length=MAX_HISTORY,
         description="items the user liked: catalog item ids (numbers) or titles (strings)",
     )
-    text: str | None = Field(None, max_length=MAX_TEXT, description="what the user wants")
-    goal: str | None = Field(None, max_length=MAX_TEXT, description="goal for goal rerankers")
+    text: Text | None = Field(None, description="what the user wants")
+    goal: Text | None = Field(None, description="goal for goal rerankers")
     k: int | None = Field(None, ge=1, le=MAX_K, description="items to return")
 
     @model_validator(mode="before")
@@ -112,8 +133,14 @@ class RecommendOut(BaseModel):
 
 
 class ChatIn(_In):
-    message: str = Field(min_length=1, max_length=MAX_TEXT)
-    session_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w-]+$")
+    message: ChatText
+    session_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the id a first turn returned (only the server makes them); none: a new chat",
+    )
 
 
 class ChatOut(BaseModel):
@@ -139,13 +166,15 @@ class SearchHit(BaseModel):
 
 
 class Health(BaseModel):
+    """Only ``status`` without a key; the rest for a caller with one."""
+
     status: str
-    dataset: str
-    items: int
-    users: int
-    pipeline: str
-    breaker: str
-    version: str
+    dataset: str | None = None
+    items: int | None = None
+    users: int | None = None
+    pipeline: str | None = None
+    breaker: str | None = None
+    version: str | None = None
 
 
 class ErrorOut(BaseModel):
@@ -157,12 +186,39 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, what in [
         (400, "a body that is not UTF-8 JSON"),
         (401, "missing or wrong API key"),
-        (404, "unknown user, item id or title"),
+        (404, "unknown user, item id, title or chat session"),
         (413, "request body too large"),
         (422, "invalid request (the detail names the field)"),
-        (429, "rate limit exceeded"),
+        (429, "rate limit exceeded, or too many refused keys from this address"),
     ]
 }
+
+
+def excerpt(value: Any) -> str | None:
+    """At most :data:`EXCERPT` characters of a scalar, escaped to printable ASCII (a
+    surrogate, a control character or megabytes of input never reach the response)."""
+    if isinstance(value, dict | list) or value is None:
+        return None
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except ValueError:  # an int past Python's digit limit
+        return "(a huge number)"
+    escaped = ascii(text[:EXCERPT])[1:-1]
+    return escaped[:EXCERPT] + ("…" if len(escaped) > EXCERPT or len(text) > EXCERPT else "")
+
+
+def field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """One entry per problem: the field (``loc``, also dotted as ``field``), what is
+    wrong, and an excerpt of the value — never the body itself."""
+    out = []
+    for err in exc.errors():
+        loc = [p if isinstance(p, int) else excerpt(str(p)) for p in err["loc"]]
+        entry = {"loc": loc, "field": ".".join(str(p) for p in loc[1:]) or str(loc[0]),
+                 "msg": str(err["msg"])[:300], "type": err["type"]}  # fmt: skip
+        if (quoted := excerpt(err.get("input"))) is not None:
+            entry["input"] = quoted
+        out.append(entry)
+    return out
 
 
 def item_out(it: Item) -> ItemOut:
@@ -202,22 +258,11 @@ def chat_out(t: Turn) -> ChatOut:
     )
 
 
-def api_key(config: ServeConfig) -> str | None:
-    return config.api_key or os.environ.get(config.api_key_env) or None
-
-
 def create_app(service: Service) -> FastAPI:
     """The app around a ready :class:`Service` (fitting happens before serving)."""
     config = service.config
     metrics = service.metrics
     chat = ChatAgent(service)
-    key = api_key(config)
-    from limits import parse
-    from limits.storage import MemoryStorage
-    from limits.strategies import MovingWindowRateLimiter
-
-    limiter = MovingWindowRateLimiter(MemoryStorage())
-    rate = parse(config.rate_limit) if config.rate_limit else None
 
     app = FastAPI(
         title="recfunnel",
@@ -227,52 +272,10 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.state.chat = chat
 
-    def refuse(status: int, detail: str, **headers: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
-
-    @app.middleware("http")
-    async def gate(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        endpoint = path if path in ENDPOINTS else "other"
-        t0 = time.perf_counter()
-        response = await _gate(request, call_next, path)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
-
-    async def _gate(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]], path: str
-    ) -> Response:
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > config.max_body_bytes):
-            return refuse(413, f"request body over {config.max_body_bytes} bytes")
-        public = path == "/" or path.startswith(PUBLIC)
-        given = request.headers.get("authorization", "")
-        if key and not public and not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            return refuse(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                          **{"WWW-Authenticate": "Bearer"})  # fmt: skip
-        if rate is not None and not public:
-            client = given or (request.client.host if request.client else "unknown")
-            if not limiter.hit(rate, "recfunnel", client):
-                metrics.rate_limited.inc()
-                reset, _ = limiter.get_window_stats(rate, "recfunnel", client)
-                wait = max(1, int(reset - time.time()))
-                return refuse(429, f"rate limit {config.rate_limit} exceeded",
-                              **{"Retry-After": str(wait)})  # fmt: skip
-        return await call_next(request)
-
-    def handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-        async def handle(_: Request, exc: Exception) -> JSONResponse:
-            return refuse(status, str(exc))
-
-        return handle
-
-    # most specific first: UnknownUser/UnknownItem are RecfunnelErrors too
-    for exc_class, status in ((UnknownUser, 404), (UnknownItem, 404), (EmptyRequest, 422),
-                              (RecfunnelError, 400)):  # fmt: skip
-        app.add_exception_handler(exc_class, handler(status))
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(Gate, config=config, metrics=metrics)
+    app.add_middleware(Counted, metrics=metrics)  # the last added is the outermost
+    add_error_handlers(app)
 
     @app.post("/recommend", response_model=RecommendOut, responses=ERRORS)
     def recommend(body: RecommendIn) -> RecommendOut:
@@ -281,9 +284,10 @@ def create_app(service: Service) -> FastAPI:
         return recommend_out(service.recommend(req, body.k))
 
     @app.post("/chat", response_model=ChatOut, responses=ERRORS)
-    def chat_turn(body: ChatIn) -> ChatOut:
-        """One turn of a conversation; send back the returned ``session_id`` to go on."""
-        return chat_out(chat.turn(body.message, body.session_id))
+    def chat_turn(body: ChatIn, request: Request) -> ChatOut:
+        """One turn of a conversation; send back the returned ``session_id`` to go on
+        (only the client that started a session can)."""
+        return chat_out(chat.turn(body.message, body.session_id, request.state.client))
 
     @app.get("/items/search", response_model=list[SearchHit], responses=ERRORS)
     def search(
@@ -293,8 +297,11 @@ def create_app(service: Service) -> FastAPI:
         """Catalog titles containing every word of ``q`` (most rated first)."""
         return [SearchHit(**hit) for hit in service.search(q, limit)]
 
-    @app.get("/healthz", response_model=Health)
-    def healthz() -> Health:
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True)
+    def healthz(request: Request) -> Health:
+        """Says "ok" while serving; to a key, also what is served and the breaker."""
+        if getattr(request.state, "role", None) is None:
+            return Health(status="ok")
         data = service.data
         return Health(
             status="ok",
@@ -319,3 +326,33 @@ def create_app(service: Service) -> FastAPI:
         return FileResponse(str(static / "index.html"))
 
     return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Errors with safe bodies: the library's own by kind (4xx; a full chat store 503),
+    invalid input by field (FastAPI's default handler echoes the input, and can fail
+    encoding it: a 500)."""
+
+    def handler(status: int, **headers: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(_: Request, exc: Exception) -> Response:
+            return refusal(status, str(exc), **headers)
+
+        return handle
+
+    for exc_class, status in ((UnknownUser, 404), (UnknownItem, 404), (UnknownSession, 404),
+                              (EmptyRequest, 422), (RecfunnelError, 400)):  # fmt: skip
+        app.add_exception_handler(exc_class, handler(status))
+    app.add_exception_handler(ChatFull, handler(503, **{"Retry-After": "60"}))
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return refusal(422, field_errors(exc))
+
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+def app_from_env() -> FastAPI:
+    """The app a worker of ``recfunnel serve --workers N`` builds: the config from
+    ``$RECFUNNEL_SERVE_CONFIG`` (JSON), its own fitted service."""
+    config = ServeConfig.model_validate_json(os.environ[CONFIG_ENV])
+    return create_app(Service(config))

@@ -23,12 +23,8 @@ anything else, whatever it says.
 from __future__ import annotations
 
 import re
-import threading
-import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +32,7 @@ import numpy as np
 from recfunnel.core.types import Request
 from recfunnel.llm.base import Message
 from recfunnel.serve.service import Answer, Item, Service
+from recfunnel.serve.sessions import SessionStore, UnknownSession, sessions_from
 from recfunnel.stages.explain.grounded import normalize
 
 PROMPT_VERSION = "chat-action/1"
@@ -78,6 +75,13 @@ COMMON = frozenset((
 ))  # fmt: skip
 """Capitalised words that are also one-word titles but, in a chat message, mostly are not."""
 MORE = re.compile(r"\b(something else|more|other|another|different|seen (it|them|those))\b")
+KEEP = {"liked": 20, "disliked": 20, "genres": 20, "avoid_genres": 20, "notes": 5,
+        "shown": 200, "last_shown": 50, "asked": 6, "dropped": 10}  # fmt: skip
+"""The most recent entries each list of a session keeps: the state, and what a turn
+returns of it, stay the same size however long a chat goes (``shown`` keeps repeats out
+of the last 200 items)."""
+LOCAL = "local"
+"""The client of in-process chats (the simulator, tests): the app passes the caller's."""
 
 
 GENERIC = frozenset((
@@ -117,6 +121,17 @@ class ChatState:
     turn: int = 0
     dropped: list[str] = field(default_factory=list)
     """Preferences a later message contradicted (kept for the trace, not used)."""
+
+    @classmethod
+    def of(cls, saved: dict[str, Any]) -> ChatState:
+        """A state from its saved (JSON) form."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+    def trim(self) -> None:
+        """Keep the most recent :data:`KEEP` entries of each list."""
+        for name, keep in KEEP.items():
+            del getattr(self, name)[:-keep]
 
     def knows_anything(self) -> bool:
         return bool(self.liked or self.genres or self.notes)
@@ -260,42 +275,47 @@ def apply(state: ChatState, up: Update, catalog_title: Callable[[int], str]) -> 
 
 
 class ChatAgent:
-    """Runs turns against a :class:`Service`; sessions live in a bounded LRU with a TTL."""
+    """Runs turns against a :class:`Service`; sessions live in a
+    :class:`~recfunnel.serve.sessions.SessionStore` (the service's storage by default)."""
 
     def __init__(self, service: Service, decide: Literal["llm", "rules"] | None = None,
-                 k: int | None = None) -> None:  # fmt: skip
+                 k: int | None = None, sessions: SessionStore | None = None) -> None:  # fmt: skip
         cfg = service.config.chat
         self.service = service
         self.decide = decide or cfg.decide
         self.k = k or cfg.k
         self.parser = PreferenceParser(service)
-        self._sessions: OrderedDict[str, tuple[float, ChatState]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.sessions = (
+            sessions if sessions is not None else sessions_from(service.config.storage, cfg)
+        )
 
     # ---- sessions ------------------------------------------------------------------
-    def state(self, session_id: str | None) -> tuple[str, ChatState]:
-        cfg = self.service.config.chat
-        now = time.monotonic()
-        with self._lock:
-            while self._sessions and now - next(iter(self._sessions.values()))[0] > cfg.ttl_s:
-                self._sessions.popitem(last=False)  # the least recently used come first
-            if session_id and session_id in self._sessions:
-                _, st = self._sessions.pop(session_id)
-            else:
-                session_id = session_id or uuid.uuid4().hex
-                st = ChatState()
-            self._sessions[session_id] = (now, st)
-            while len(self._sessions) > cfg.sessions:
-                self._sessions.popitem(last=False)
-        return session_id, st
+    def state(self, session_id: str | None, client: str = LOCAL) -> tuple[str, ChatState]:
+        """A new session of ``client`` (no id), else its own session ``session_id``;
+        raises UnknownSession for an id that is not a live session of this client."""
+        if session_id is None:
+            return self.sessions.create(client), ChatState()
+        saved = self.sessions.load(session_id, client)
+        if saved is None:
+            raise UnknownSession(
+                "session_id: no such chat session for this client (it expired, or it was "
+                "not started by this client); send no session_id to start a new chat"
+            )
+        return session_id, ChatState.of(saved)
 
-    def reset(self, session_id: str) -> bool:
-        with self._lock:
-            return self._sessions.pop(session_id, None) is not None
+    def reset(self, session_id: str, client: str = LOCAL) -> bool:
+        return self.sessions.delete(session_id, client)
 
     # ---- one turn ------------------------------------------------------------------
-    def turn(self, message: str, session_id: str | None = None) -> Turn:
-        sid, st = self.state(session_id)
+    def turn(self, message: str, session_id: str | None = None, client: str = LOCAL) -> Turn:
+        """One turn of ``client``'s session (a new one without an id); the state is
+        saved after the turn."""
+        sid, st = self.state(session_id, client)
+        out = self._step(sid, st, message)
+        self.sessions.save(sid, client, asdict(st))
+        return out
+
+    def _step(self, sid: str, st: ChatState, message: str) -> Turn:
         st.turn += 1
         titles = self.service.data.catalog.frame["title"]
         up = self.parser.parse(message, st)
@@ -418,6 +438,7 @@ class ChatAgent:
     def _turn(self, sid: str, st: ChatState, action: str, reply: str, items: list[Item],
               **kw: Any) -> Turn:  # fmt: skip
         self.service.metrics.chat_actions.labels(action).inc()
+        st.trim()
         titles = self.service.data.catalog.frame["title"]
         state = {
             "liked": [str(titles.iloc[i]) for i in st.liked],

@@ -7,6 +7,7 @@ ALS on the warm path, the history threshold the routing study found), so
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -26,6 +27,7 @@ MAX_HISTORY = 500
 MAX_TEXT = 500
 """Characters of free text, goal or chat message."""
 MAX_K = 50
+STORAGE_SCHEMES = ("memory://", "redis://", "rediss://")
 
 
 class BreakerConfig(Strict):
@@ -36,7 +38,12 @@ class BreakerConfig(Strict):
 
 
 class ChatConfig(Strict):
-    sessions: int = Field(1000, ge=1, description="sessions kept (least recently used go)")
+    sessions: int = Field(
+        1000, ge=1, description="live sessions in all; past it a new one is refused (503)"
+    )
+    sessions_per_client: int = Field(
+        20, ge=1, description="live sessions per client; its own oldest goes for a new one"
+    )
     ttl_s: float = Field(3600.0, gt=0, description="idle seconds before a session is dropped")
     k: int = Field(5, ge=1, le=MAX_K, description="items shown per recommendation turn")
     decide: Literal["llm", "rules"] = Field(
@@ -70,9 +77,30 @@ class ServeConfig(Strict):
         "budget permitting; every other item gets a template reason",
     )
     api_key: str | None = Field(None, description="bearer token (else $api_key_env, if set)")
-    api_key_env: str = "RECFUNNEL_API_KEY"
+    api_keys: list[str] = Field(
+        default_factory=list, description="more bearer tokens; each key has its own bucket"
+    )
+    api_key_env: str = Field(
+        "RECFUNNEL_API_KEY", description="env var with one key, or several comma-separated"
+    )
+    metrics_key: str | None = Field(
+        None, description="the scraper's token: /metrics and /healthz only, never rate-limited"
+    )
+    metrics_key_env: str = "RECFUNNEL_METRICS_KEY"
     rate_limit: str | None = Field(
         "120/minute", description="per client (API key, else address); None: no limit"
+    )
+    auth_fail_limit: str | None = Field(
+        "10/minute", description="refused keys per address before all its tries get 429"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) whose X-Forwarded-For is believed",
+    )
+    storage: str = Field(
+        "memory://",
+        description="rate limits and chat sessions: memory:// (one process) or "
+        "redis://host:port/db (shared by workers and replicas)",
     )
     max_body_bytes: int = Field(65536, ge=1024)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -84,7 +112,7 @@ class ServeConfig(Strict):
     def _builtin(cls, v: Any) -> Any:
         return builtin_any(v).model_dump() if isinstance(v, str) else v
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "auth_fail_limit")
     @classmethod
     def _limit(cls, v: str | None) -> str | None:
         if v is None:
@@ -95,6 +123,23 @@ class ServeConfig(Strict):
             parse(v)
         except ValueError:
             raise ValueError(f"{v!r} is not a rate such as '120/minute'") from None
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an address or a network (CIDR)") from None
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if not v.startswith(STORAGE_SCHEMES):
+            raise ValueError(f"{v!r}: use memory:// or redis://host:port[/db]")
         return v
 
     @model_validator(mode="after")

@@ -4,8 +4,10 @@ latency budget, explain, and guard the answer.
 The LLM stage runs on one worker thread (a local model answers one prompt at a time);
 a request waits for it at most until its deadline. When the worker is busy past the
 budget, the back-end fails, or the circuit breaker is open, the answer is the ranker's
-order, marked as a fallback with its reason and counted. Everything a request can get
-wrong raises a :class:`~recfunnel.errors.RecfunnelError` subclass the app turns into a 4xx.
+order, marked as a fallback with its reason and counted. The worker counts what the
+back-end did (calls, failures, short-cuts) as it happens, so a job that ends after its
+request stopped waiting is counted too. Everything a request can get wrong raises a
+:class:`~recfunnel.errors.RecfunnelError` subclass the app turns into a 4xx.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -230,52 +233,84 @@ class Service:
             if fut.cancel():
                 with self._lock:
                     self._inflight -= 1
+            self.metrics.llm_timeouts.inc()
             return pre, "timeout", Usage()
         except pybreaker.CircuitBreakerError:
-            return pre, "circuit-open", Usage(errors=1)
+            return pre, "circuit-open", Usage()
         except LLMUnavailable:
             return pre, "llm-unavailable", Usage(errors=1)
         return res, None, used
 
-    def _llm_job(
-        self,
-        request: Request,
-        pre: Trace,
-        k: int,
-        deadline: float,
-        submitted: float,
-    ) -> tuple[Trace, Usage]:
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Counts the back-end's answers and failures inside, on the worker as they
+        happen: whether the request still waits for them or not."""
         assert self.llm is not None
+        before = self.llm.usage.copy()
         try:
-            before = self.llm.usage.copy()
-            t0 = time.perf_counter()
-
-            def run() -> Trace:
-                res = self.pipeline.finish([request], pre, k)
-                if self.llm is not None and self.llm.usage.errors > before.errors:
-                    raise LLMUnavailable("the LLM back-end failed during reranking")
-                return res
-
-            res = self.breaker.call(run)
-            path = traces_of(res)[-1]
-            path.timings["llm_wait"] = t0 - submitted
+            yield
+        finally:
             used = self.llm.usage.since(before)
-            if used.calls > used.cache_hits:  # a computed answer: learn how long one takes
-                spent = time.perf_counter() - t0
-                with self._lock:
-                    self._estimate_s = spent if not self._estimate_s else \
-                        0.8 * self._estimate_s + 0.2 * spent  # fmt: skip
-            if self.explainer is not None and len(request.history):
-                per = self._estimate_s / 2 or 0.5
-                if deadline - time.perf_counter() > per * self.config.explain_llm_top:
-                    t1 = time.perf_counter()
-                    res.notes["explain"] = self.explainer(res.requests, res)
-                    path.timings["explain"] = time.perf_counter() - t1
-                    used = self.llm.usage.since(before)
-            return res, used
+            self.metrics.llm_calls.inc(used.calls)
+            self.metrics.llm_cache_hits.inc(used.cache_hits)
+            self.metrics.llm_errors.inc(used.errors)
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        """``fn`` through the breaker. A failure that trips the breaker stays a failure
+        (``LLMUnavailable``); only a call the open breaker refused is a short-cut."""
+        assert self.llm is not None
+        errors = self.llm.usage.errors
+        try:
+            return self.breaker.call(fn)
+        except pybreaker.CircuitBreakerError:
+            if self.llm.usage.errors > errors:
+                raise LLMUnavailable("the LLM back-end failed; the circuit is now open") from None
+            self.metrics.llm_short_circuits.inc()
+            raise
+
+    def _llm_job(
+        self, request: Request, pre: Trace, k: int, deadline: float, submitted: float
+    ) -> tuple[Trace, Usage]:
+        """The worker's job: the LLM stages (and reasons, time permitting), counted."""
+        try:
+            with self._counted():
+                return self._finish(request, pre, k, deadline, submitted)
         finally:
             with self._lock:
                 self._inflight -= 1
+
+    def _finish(
+        self, request: Request, pre: Trace, k: int, deadline: float, submitted: float
+    ) -> tuple[Trace, Usage]:
+        """The LLM stages through the breaker, then reasons if the deadline leaves time;
+        a computed answer updates the estimate of how long one takes."""
+        assert self.llm is not None
+        before = self.llm.usage.copy()
+        t0 = time.perf_counter()
+
+        def run() -> Trace:
+            res = self.pipeline.finish([request], pre, k)
+            if self.llm is not None and self.llm.usage.errors > before.errors:
+                raise LLMUnavailable("the LLM back-end failed during reranking")
+            return res
+
+        res = self._guarded(run)
+        path = traces_of(res)[-1]
+        path.timings["llm_wait"] = t0 - submitted
+        used = self.llm.usage.since(before)
+        if used.calls > used.cache_hits:  # a computed answer: learn how long one takes
+            spent = time.perf_counter() - t0
+            with self._lock:
+                self._estimate_s = spent if not self._estimate_s else \
+                    0.8 * self._estimate_s + 0.2 * spent  # fmt: skip
+        if self.explainer is not None and len(request.history):
+            per = self._estimate_s / 2 or 0.5
+            if deadline - time.perf_counter() > per * self.config.explain_llm_top:
+                t1 = time.perf_counter()
+                res.notes["explain"] = self.explainer(res.requests, res)
+                path.timings["explain"] = time.perf_counter() - t1
+                used = self.llm.usage.since(before)
+        return res, used
 
     def call_llm(self, fn: Callable[[], T], timeout_s: float) -> T | None:
         """``fn`` (one model call) on the LLM worker, through the breaker; None when the
@@ -290,7 +325,8 @@ class Service:
 
         def job() -> T:
             try:
-                return self.breaker.call(fn)
+                with self._counted():
+                    return self._guarded(fn)
             finally:
                 with self._lock:
                     self._inflight -= 1
@@ -298,7 +334,9 @@ class Service:
         fut = self._pool.submit(job)
         try:
             return fut.result(timeout=timeout_s)
-        except (FutureTimeout, LLMUnavailable, pybreaker.CircuitBreakerError):
+        except (FutureTimeout, LLMUnavailable, pybreaker.CircuitBreakerError) as exc:
+            if isinstance(exc, FutureTimeout):
+                self.metrics.llm_timeouts.inc()
             self.metrics.fallbacks.labels("chat-decision").inc()
             return None
 
@@ -338,9 +376,6 @@ class Service:
         for stage, ms in timings.items():
             if stage != "total":
                 m.stage.labels(stage).observe(ms / 1000)
-        m.llm_calls.inc(used.calls)
-        m.llm_cache_hits.inc(used.cache_hits)
-        m.llm_errors.inc(used.errors)
         if reason is not None:
             m.fallbacks.labels(reason).inc()
         m.breaker_open.set(1.0 if self.breaker.current_state == pybreaker.STATE_OPEN else 0.0)

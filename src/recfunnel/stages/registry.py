@@ -42,7 +42,7 @@ REGISTRY: dict[str, Entry] = {
         Entry("sasrec", "retrieve.sasrec:SASRecRetriever", "embed", "SASRec (PyTorch)"),
         Entry("fuse", "retrieve.fuse:Fuse", None, "reciprocal-rank or weighted fusion"),
         # rank: learned rankers
-        Entry("ltr", "rank.ltr:LTRRanker", None, "LightGBM LambdaRank over the trace"),
+        Entry("ltr", "rank.ltr:LTRRanker", "embed", "LightGBM LambdaRank over the trace"),
         # rerank: LLM and classical
         Entry("verbalizer", "rerank.llm:VerbalizerReranker", None, "LlamaRec: label log-probs"),
         Entry("permutation", "rerank.llm:PermutationReranker", None, "RankGPT: a permutation"),
@@ -51,6 +51,7 @@ REGISTRY: dict[str, Entry] = {
         Entry("mmr", "rerank.aspects:AspectReranker", None, "maximal marginal relevance"),
         Entry("dpp", "rerank.aspects:AspectReranker", None, "determinantal point process"),
         Entry("fair", "rerank.aspects:AspectReranker", None, "fair exposure of two groups"),
+        Entry("llm-features", "rerank.features:LLMFeatures", None, "LLM scores as features"),
         # explain
         Entry("explain", "explain.grounded:Explainer", None, "grounded one-sentence reasons"),
     ]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.core.candidates import PAD
-from recfunnel.core.errors import ConfigError
+from recfunnel.core.errors import ConfigError, LeakageError
 from recfunnel.core.types import Catalog, Request, Split
 from recfunnel.data.splits import ordered_events
 from recfunnel.llm.base import Message
@@ -77,7 +77,7 @@ def _sequences(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per user with enough history: training items in the split's own order (time, ties by
     item) and whether each counts as liked (rating >= ``relevance``; all without ratings)."""
-    events = ordered_events(split.train, seed)
+    events = ordered_events(split.train, seed, split.timestamps_real)
     liked = np.ones(len(events), dtype=bool)
     if relevance is not None and split.train.has_ratings:
         liked = events["rating"].to_numpy() >= relevance
@@ -162,7 +162,8 @@ def build_examples(
     users = users[rng.permutation(len(users))]
     if history_cut is None and not style.show_prev_rank:
         users = users[:n_lists]  # every user yields a list: no need to look further
-    held = held_out(split) if held is None else held
+    own = held_out(split)
+    held = own if held is None else held
     titles = catalog.frame["title"].astype(str).to_numpy()
     pairs = [(int(u), c) for u in users for c in cuts if c is None or len(seqs[int(u)][0]) > c]
     reqs = [Request(u, seqs[u][0][:-1] if c is None else seqs[u][0][:c]) for u, c in pairs]
@@ -185,6 +186,9 @@ def build_examples(
             listed = [*negs[: candidates - 1], target]
         else:  # the retriever's own top list: its ranks are true
             listed = ranked[:candidates]
+        refuse_held(int(u), req.history, listed, own.get(int(u), set()))
+        if banned & {*map(int, req.history), *listed}:
+            continue  # another evaluated split holds out some of this user's items
         hits = [i for i in listed if i in positives]
         if len(listed) < candidates or not hits:
             continue
@@ -218,6 +222,19 @@ def build_examples(
                 )
             )
     return out
+
+
+def refuse_held(user: int, history: np.ndarray, listed: Sequence[int], banned: set[int]) -> None:
+    """Fail closed: whatever the options, no list may show a user's own held-out
+    (validation or test) item of this split as history, candidate or target; the training
+    split holding one is a bug, and nothing is built from it. (Items another evaluated split
+    holds out are skipped quietly: there they are ordinary training data.)"""
+    leaked = sorted(({int(i) for i in history} | {int(i) for i in listed}) & banned)
+    if leaked:
+        raise LeakageError(
+            f"a training list of user {user} holds its held-out item(s) {leaked[:5]}: the "
+            "training split must not contain them"
+        )
 
 
 def sft_rows(examples: Sequence[Example], render: Any) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from recfunnel.core.config import Strict
 from recfunnel.core.errors import require
@@ -154,6 +154,15 @@ class TrainConfig(Strict):
     @classmethod
     def _dpo_off(cls, v: Any) -> Any:
         return None if v is False else v
+
+    @model_validator(mode="after")
+    def _listwise_has_no_dpo(self) -> TrainConfig:
+        if self.sft.objective == "listwise" and self.dpo is not None:
+            raise ValueError(
+                "dpo: a listwise adapter's answers are ranks, not completions, so DPO has no "
+                "pairs to compare; set `dpo = false`"
+            )
+        return self
 
 
 def _imports() -> tuple[Any, Any, Any]:

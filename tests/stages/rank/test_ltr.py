@@ -46,10 +46,9 @@ def test_features_are_aligned_with_candidates(fitted, setup):
     _, split = setup
     reqs = split.test.requests[:5]
     before = fitted._run(fitted.stages_, fitted.names_, reqs, 200, 0, len(fitted.stages_) - 1)
-    pools = before.pools
     head = before.head(50)
-    x = ranker(fitted).features(reqs, head, pools)
-    names = ranker(fitted).feature_names(list(pools))
+    x = ranker(fitted).features(reqs, before)
+    names = ranker(fitted).feature_names(before)
     assert x.shape == (5, 50, len(names))
     col = {n: i for i, n in enumerate(names)}
     # the popularity pool's rank of a candidate is where that pool listed it

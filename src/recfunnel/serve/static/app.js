@@ -17,7 +17,9 @@ async function call(method, path, body) {
   const data = await res.json().catch(() => ({}));
   if (!res.ok) {
     const d = data.detail;
-    throw new Error(Array.isArray(d) ? d.map((e) => e.msg).join("; ") : d || res.statusText);
+    const err = new Error(Array.isArray(d) ? d.map((e) => `${e.field}: ${e.msg}`).join("; ") : d || res.statusText);
+    err.status = res.status;
+    throw err;
   }
   return data;
 }
@@ -96,6 +98,17 @@ function say(who, text, items) {
   $("log").scrollTop = $("log").scrollHeight;
 }
 
+// A session the server no longer has (expired, or the key changed) is a 404: start anew.
+async function chatTurn(msg) {
+  try {
+    return await call("POST", "/chat", sessionId ? { message: msg, session_id: sessionId } : { message: msg });
+  } catch (e) {
+    if (e.status !== 404 || !sessionId) throw e;
+    sessionId = null;
+    return call("POST", "/chat", { message: msg });
+  }
+}
+
 async function chat(ev) {
   ev.preventDefault();
   const msg = $("say").value.trim();
@@ -103,9 +116,7 @@ async function chat(ev) {
   $("say").value = "";
   say("user", msg);
   try {
-    const body = { message: msg };
-    if (sessionId) body.session_id = sessionId;
-    const out = await call("POST", "/chat", body);
+    const out = await chatTurn(msg);
     sessionId = out.session_id;
     say("bot", out.reply, out.items);
   } catch (e) { say("bot", "Error: " + e.message); }

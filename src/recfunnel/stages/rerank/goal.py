@@ -176,9 +176,14 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
         w.proposed = self.proposal(items, w) if self.config.propose else None
         return goal_prompt(
             self.catalog_, req.history, items.tolist(), w.current, rel.tolist(),
-            self._group_names(items), w.results, w.node, self.config.goal_text, self.style,
+            self._group_names(items), w.results, w.node, self.goal_text(req), self.style,
             w.proposed,
         )  # fmt: skip
+
+    def goal_text(self, req: Request) -> str:
+        """The request's own goal (a name in GOALS or a sentence), else the stage's."""
+        goal = req.goal.strip() if req.goal else ""
+        return GOALS.get(goal, goal) if goal else self.config.goal_text
 
     def _advance(self, walks: list[Walk]) -> None:
         """Move every walk sitting on backward/stop (no LLM call) or out of visits."""

@@ -1,0 +1,5 @@
+"""``python -m recfunnel``: the command line."""
+
+from recfunnel.cli import app
+
+app()
