@@ -17,6 +17,7 @@ import time
 import numpy as np
 from sklearn.metrics import silhouette_score
 
+from recfunnel.core.machine import describe, require_quiet
 from recfunnel.core.metrics import evaluate
 from recfunnel.data import load_dataset, make_split
 from recfunnel.llm import build_llm
@@ -43,7 +44,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="measure on a busy machine")
     args = ap.parse_args()
+    machine = require_quiet(args.busy_ok)
+    print(describe(machine))
 
     data = load_dataset(args.dataset)
     cfg = EnrichConfig(limit=args.limit)
@@ -96,7 +100,7 @@ def main() -> None:
     print(f"{'content recall@200':24}{rr:>10.3f}{re:>10.3f}{re / rr:>8.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({"machine": machine, **result}, f, indent=2)
 
 
 if __name__ == "__main__":

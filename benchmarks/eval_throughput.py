@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recfunnel.core.machine import describe, require_quiet
 from recfunnel.core.types import Catalog, Dataset, Interactions
 from recfunnel.evaluate.config import parse_experiment as parse_config
 from recfunnel.evaluate.runner import run_experiment
@@ -42,7 +43,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--address", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="measure on a busy machine")
     args = ap.parse_args()
+    machine = require_quiet(args.busy_ok)
+    print(describe(machine))
 
     rows = []
     for n in (int(v) for v in args.users.split(",")):
@@ -78,7 +82,7 @@ def main() -> None:
         print(f"{'':7}  ray/local users/s: {ratio:.2f}×; identical metrics: {same}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from recfunnel.core.machine import describe, require_quiet
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -182,7 +184,10 @@ def main() -> None:
     ap.add_argument("--cold-concurrency", default="1,2", help="comma-separated levels")
     ap.add_argument("--skip-down", action="store_true", help="no backend-down scenario")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="measure on a busy machine")
     args = ap.parse_args()
+    machine = require_quiet(args.busy_ok)
+    print(describe(machine))
 
     from recfunnel.data.load import load_dataset
 
@@ -201,7 +206,7 @@ def main() -> None:
 
     out: dict[str, Any] = {"machine_cores": os.cpu_count()}
     logs = Path(tempfile.mkdtemp(prefix="recfunnel-load-"))
-    proc, url = serve(REPO / "configs/serve.toml", logs / "serve.log")
+    proc, url = serve(REPO / "configs/serve-llm.toml", logs / "serve.log")
     try:
         asyncio.run(drive(url, warm, 3, 2))  # touch every code path once
         for c in levels(args.warm_concurrency):
@@ -240,7 +245,7 @@ def main() -> None:
         print(f"backend down: fallbacks by reason {out['backend_down']['metrics_fallbacks']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, **out}, indent=1))
 
 
 if __name__ == "__main__":

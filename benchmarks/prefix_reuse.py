@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recfunnel.core.machine import describe, require_quiet
 from recfunnel.data.load import load_dataset
 from recfunnel.data.splits import make_split
 from recfunnel.llm.base import LLMConfig
@@ -36,7 +37,10 @@ def main() -> None:
     ap.add_argument("--top-n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="measure on a busy machine")
     args = ap.parse_args()
+    machine = require_quiet(args.busy_ok)
+    print(describe(machine))
 
     data = load_dataset("ml-latest-small")
     split = make_split(data, "cold-start", args.seed, n_users=args.users)
@@ -109,7 +113,7 @@ def main() -> None:
     print(f"forward rate here: {one_tok / one_s:.0f} tokens/s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, **out}, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from recfunnel.core.machine import describe, require_quiet
 from recfunnel.evaluate.config import ExperimentConfig
 from recfunnel.evaluate.runner import run_experiment
 from recfunnel.pipeline import builtin_pipeline
@@ -34,7 +35,10 @@ def main() -> None:
     ap.add_argument("--backends", default="llamacpp", help="comma-separated back-ends")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="measure on a busy machine")
     args = ap.parse_args()
+    machine = require_quiet(args.busy_ok)
+    print(describe(machine))
 
     backends = args.backends.split(",")
     pipelines = [builtin_pipeline("hybrid")]
@@ -85,7 +89,7 @@ def main() -> None:
                   f"{other_s:.2f} s)")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result.to_json(), f, indent=2)
+            json.dump({"machine": machine, **result.to_json()}, f, indent=2)
 
 
 if __name__ == "__main__":

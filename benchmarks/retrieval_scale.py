@@ -44,6 +44,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from recfunnel.core.machine import describe, require_quiet
 from recfunnel.core.metrics import hit_matrix
 from recfunnel.stages.base import FitContext
 from recfunnel.stages.retrieve.ann import AnnIndex
@@ -202,7 +203,10 @@ def main() -> None:
     ap.add_argument("--refine", type=float, default=2.0, help="sq8/pcaN shortlist, × k")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="measure on a busy machine")
     args = ap.parse_args()
+    machine = require_quiet(args.busy_ok)
+    print(describe(machine))
 
     rows = []
     for kind in args.data.split(","):
@@ -222,7 +226,7 @@ def main() -> None:
     print(f"threads: {faiss.omp_get_max_threads()}, dims {sorted({r['dim'] for r in rows})}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

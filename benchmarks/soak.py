@@ -5,7 +5,7 @@ stopped and started again twice on the way.
 Reports 5xx (target 0, counted by the clients and by the server's /metrics), fallbacks by
 cause, p50/p99 latency per kind of traffic, and the server's memory (RSS) after warm-up
 and at the end (target: within 10%). A soak on a busy machine measures the other work
-too: before starting it reads the load average and says whether the machine was quiet.
+too: before starting it reads the load average and refuses a busy machine (`--busy-ok`).
 
     python benchmarks/soak.py --minutes 10 --json out/soak.json
 """
@@ -35,26 +35,13 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_test import free_port, llama_server, openai_config, serve, stop
 
-QUIET_LOAD_PER_CORE = 0.25
-"""A 1-minute load average per core at or under this: nothing else is running much."""
+from recfunnel.core.machine import require_quiet
+
 CHATS = (
     ["hi", "I like sci-fi", "I loved The Matrix", "something from the 90s", "no horror"],
     ["something funny for tonight", "I liked Toy Story", "older ones", "something else"],
     ["hello", "a slow moody thriller", "I loved Heat", "no comedy", "yes, I'll watch it"],
 )
-
-
-def machine_load() -> dict[str, Any]:
-    """The load average before the soak, and whether the machine counts as quiet."""
-    one, five, fifteen = os.getloadavg()
-    cores = os.cpu_count() or 1
-    return {
-        "load_1m": one,
-        "load_5m": five,
-        "load_15m": fifteen,
-        "cores": cores,
-        "quiet": one / cores <= QUIET_LOAD_PER_CORE,
-    }
 
 
 @dataclass
@@ -325,9 +312,10 @@ def main() -> None:
     )
     ap.add_argument("--data-dir", default=os.environ.get("RECFUNNEL_DATA"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--busy-ok", action="store_true", help="soak a busy machine anyway")
     args = ap.parse_args()
 
-    out = {"machine": machine_load()}
+    out = {"machine": require_quiet(args.busy_ok)}
     state = "quiet" if out["machine"]["quiet"] else "busy"
     print(
         f"load average {out['machine']['load_1m']:.2f} on {out['machine']['cores']} cores: "

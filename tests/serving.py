@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import tomli_w
 
 from recfunnel.serve.config import ServeConfig
 from recfunnel.serve.service import Service
@@ -32,8 +33,16 @@ def reverse_order(prompt: str, options) -> np.ndarray:
     return np.arange(len(options), dtype=float)
 
 
+LLM_PATH = {
+    "name": "routed",
+    "route": {"cold": "hybrid+llm-verbalizer", "warm": "cf", "threshold": 20},
+}
+"""The LLM on the cold path: what these tests drive (the served default's learned ranker
+is tuned at start-up, which takes minutes; tests/serve/test_service.py serves a small one)."""
+
+
 def make_service(data, llm=None, **config) -> Service:
-    config = {"warmup": True, "rate_limit": None, **config}
+    config = {"warmup": True, "rate_limit": None, "pipeline": LLM_PATH, **config}
     return Service(
         ServeConfig(**config), dataset=data, llm=llm or ScriptedLLM(logprobs=reverse_order)
     )
@@ -96,10 +105,10 @@ def served(
     """``recfunnel serve`` (the real command) with ``config`` (written as TOML) on a free
     loopback port: yields its URL and process once /healthz answers; stops it, workers
     and all, at the end."""
-    from servers import free_port
+    from servers import free_port, stop_server
 
     path = tmp / "serve.toml"
-    path.write_text(toml(config))
+    path.write_text(tomli_w.dumps({"pipeline": LLM_PATH, **config}))
     port = free_port()
     exe = Path(sys.executable).with_name("recfunnel")
     cmd = [str(exe), "serve", "--config", str(path), "--port", str(port), *args]
@@ -115,12 +124,7 @@ def served(
             time.sleep(0.2)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)
 
 
 def _answers(url: str) -> bool:
@@ -128,13 +132,3 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2, trust_env=False).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def toml(config: dict[str, Any]) -> str:
-    """Flat keys, then one table per nested dict (enough for a serve config)."""
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    lines = [f"{k} = {json.dumps(v)}" for k, v in flat.items()]
-    for name, table in config.items():
-        if isinstance(table, dict):
-            lines += [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
-    return "\n".join(lines) + "\n"

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +20,7 @@ from recfunnel.core.errors import (
 from recfunnel.data import load_dataset
 from recfunnel.data.fetch import archive_url, fetch, parse_md5
 from recfunnel.data.registry import DATASETS, Archive
+from servers import FileServer as Server
 
 
 @pytest.fixture(autouse=True)
@@ -34,48 +31,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("RECFUNNEL_OFFLINE", raising=False)
     monkeypatch.delenv("RECFUNNEL_DATA_URL", raising=False)
-
-
-class Server:
-    """A static file server in a thread; remembers the paths it was asked for. A path in
-    ``cut`` is answered with its full Content-Length but only half its bytes, then the
-    connection closes (a download cut halfway)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.requests: list[str] = []
-        self.cut: set[str] = set()
-        requests, cut = self.requests, self.cut
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                requests.append(self.path)
-                if self.path in cut:
-                    body = (folder / self.path.lstrip("/")).read_bytes()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                super().do_GET()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        handler = functools.partial(Handler, directory=str(folder))
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
 
 
 @pytest.fixture

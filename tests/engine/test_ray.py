@@ -68,7 +68,8 @@ def test_ray_engine_matches_local(movielens):
             for key in ("recall@10", "recall@50", "recall@200", "fallback_rate", "depth"):
                 if key in figures:
                     assert figures[key] == pytest.approx(b.stages[stage][key]), (stage, key)
-    assert remote.results[-1].metrics["llm_calls_per_user"] == 1.0
+    calls = {r.pipeline: r.metrics["llm_calls_per_user"] for r in remote.results}
+    assert calls["llm"] == 1.0 and calls["routed"] == 0.0
 
 
 def test_cli_engine_ray(movielens, shared_data, monkeypatch):

@@ -90,7 +90,9 @@ def test_diagnosis_json_matches_schema_and_numbers(report):
     assert rr["top10_change"] == 0.0 and rr["invalid_rate"] == 0.0
     cost = pipes["embedding+llm"]["cost"]
     assert cost["llm_calls_per_user"] == 1.0 and cost["prompt_tokens_per_user"] > 100
-    assert cost["latency_ms_p95"] >= cost["latency_ms_p50"] > 0
+    assert cost["latency_ms_p95"] >= cost["latency_ms_p50"] > 0 and cost["cached_share"] == 0
+    for p in d["pipelines"]:  # a replayed answer's compute time is never shown as a speed
+        assert (p["cost"]["latency_ms_p50"] is None) == (p["cost"]["cached_share"] > 0), p["name"]
     assert cost["cost_per_1000"] == pytest.approx(
         1000 * cost["prompt_tokens_per_user"] * 0.15 / 1e6, rel=1e-9
     )

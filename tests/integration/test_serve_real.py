@@ -20,7 +20,7 @@ from recfunnel.llm.models import resolve_gguf
 from recfunnel.pipeline import RoutedPipelineConfig, builtin_pipeline
 from recfunnel.serve.app import create_app
 from recfunnel.serve.chat_sim import eval_chat
-from recfunnel.serve.config import ServeConfig, default_pipeline
+from recfunnel.serve.config import ServeConfig, llm_pipeline
 from recfunnel.serve.service import Service
 from servers import free_port, start_server, stop_server
 
@@ -35,8 +35,9 @@ def movielens(shared_data):
 
 @pytest.fixture(scope="module")
 def real(movielens):
-    """The embedded defaults: SmolLM2-135M through llama.cpp on the cold path."""
-    svc = Service(ServeConfig(rate_limit=None), dataset=movielens)
+    """SmolLM2-135M through llama.cpp on the cold path (the served default's ranker is
+    checked in tests/serve/test_service.py)."""
+    svc = Service(ServeConfig(rate_limit=None, pipeline=llm_pipeline()), dataset=movielens)
     yield svc
     svc.close()
 
@@ -102,7 +103,7 @@ def test_llm_server_stopped_mid_test_falls_back_without_errors(movielens, tmp_pa
     cold = builtin_pipeline("hybrid+llm-verbalizer")
     last = cold.stages[-1].model_copy(update={"llm": llm})
     cold = cold.model_copy(update={"stages": [*cold.stages[:-1], last]})
-    route = default_pipeline().route.model_copy(update={"cold": cold})
+    route = llm_pipeline().route.model_copy(update={"cold": cold})
     cfg = ServeConfig(pipeline=RoutedPipelineConfig(name="routed", route=route), rate_limit=None,
                       budget_ms=10_000, breaker={"failures": 2, "reset_s": 60})  # fmt: skip
     svc = Service(cfg, dataset=movielens)
@@ -134,15 +135,16 @@ def test_llm_server_stopped_mid_test_falls_back_without_errors(movielens, tmp_pa
 
 
 def test_llm_explanations_and_chat_with_the_real_model(movielens):
-    svc = Service(ServeConfig(rate_limit=None, explain_llm_top=2, budget_ms=30_000),
-                  dataset=movielens)  # fmt: skip
+    svc = Service(ServeConfig(rate_limit=None, explain_llm_top=2, budget_ms=30_000,
+                              pipeline=llm_pipeline()), dataset=movielens)  # fmt: skip
     try:
         ans = svc.recommend(svc.resolve(history=["Toy Story", "Matrix, The (1999)"]), 10)
         assert not ans.fallback
         sources = [it.explanation_source for it in ans.items]
         assert sources[2:] == ["template"] * 8 and all(it.explanation for it in ans.items)
         assert svc.explainer is not None and svc.explainer.stats().explained == 2
-        out = eval_chat(ServeConfig(rate_limit=None, budget_ms=30_000), users=2, turns=3,
+        out = eval_chat(ServeConfig(rate_limit=None, budget_ms=30_000, pipeline=llm_pipeline()),
+                        users=2, turns=3,
                         dataset=movielens, policies=["llm"])  # fmt: skip
         row = out["policies"]["llm"]
         assert row["sessions"] == 2 and row["hallucination_rate"] == 0.0

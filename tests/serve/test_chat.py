@@ -125,10 +125,10 @@ def test_a_session_ends_on_a_hit_and_counts_no_hallucination(agent, service):
 def test_eval_chat_summary(movielens):
     from recfunnel.serve.config import ServeConfig
     from scripted import ScriptedLLM
-    from serving import reverse_order
+    from serving import LLM_PATH, reverse_order
 
-    out = eval_chat(ServeConfig(rate_limit=None), users=4, turns=4, dataset=movielens,
-                    llm=ScriptedLLM(logprobs=reverse_order))  # fmt: skip
+    out = eval_chat(ServeConfig(rate_limit=None, pipeline=LLM_PATH), users=4, turns=4,
+                    dataset=movielens, llm=ScriptedLLM(logprobs=reverse_order))  # fmt: skip
     for policy in ("llm", "rules"):
         row = out["policies"][policy]
         assert row["sessions"] == 4 and row["hallucination_rate"] == 0.0

@@ -167,3 +167,53 @@ def test_steering_text_only_ever_becomes_a_query(service, attack):
     assert {it.index for it in ans.items} <= ans.candidates
     plain = service.recommend(service.resolve(history=[1, 260], text="space adventure"), 10)
     assert {it.index for it in plain.items} <= plain.candidates
+
+
+def test_a_learned_ranker_is_tuned_on_held_out_users_then_served(movielens):
+    """The cold-start `ltr` pipeline, served: fitted without the later events of its tuning
+    users, tuned on them, then answering known users, anonymous histories and free text."""
+    from recfunnel.pipeline.config import cold_start_ltr
+
+    ltr = cold_start_ltr()
+    small = ltr.stages[-1].model_copy(update={
+        "lists": ltr.stages[-1].lists.model_copy(update={"cuts": [5], "folds": 2,
+                                                         "max_users": 60})})  # fmt: skip
+    pipe = ltr.model_copy(update={"stages": [*ltr.stages[:-1], small]})
+    svc = make_service(movielens, pipeline=pipe.model_dump(), tune_users=60, warmup=False)
+    try:
+        ranker = svc.pipeline.stages_[-1]
+        assert ranker.trained_on_["source"] == "simulated training lists"
+        assert 0 < ranker.trained_on_["valid_lists"] <= 60  # the held-out tuning users
+        for req in (svc.resolve(user_id=1), svc.resolve(history=[1, 260, 1196]),
+                    svc.resolve(text="space adventure")):  # fmt: skip
+            out = svc.recommend(req, 10)
+            items = [it.index for it in out.items]
+            assert len(items) == len(set(items)) == 10
+            assert not set(items) & set(req.history.tolist())
+    finally:
+        svc.close()
+
+
+def test_a_learned_ranker_without_tuning_users_is_refused():
+    from recfunnel.pipeline.config import cold_start_ltr
+    from recfunnel.serve.config import ServeConfig
+
+    with pytest.raises(ValueError, match="tune_users > 0"):
+        ServeConfig(pipeline=cold_start_ltr().model_dump(), tune_users=0)
+
+
+def test_the_default_serves_the_best_measured_cold_start_pipeline():
+    """`recfunnel serve` with no file: cold requests → the learned ranker (the cold-start
+    table's best row), warm → ALS; configs/serve.toml writes exactly these defaults out."""
+    from pathlib import Path
+
+    from recfunnel.core.config import load_config
+    from recfunnel.pipeline.config import builtin_pipeline
+    from recfunnel.serve.config import ServeConfig
+
+    default = ServeConfig()
+    route = default.pipeline.route
+    assert route.cold == builtin_pipeline("ltr") and route.warm == builtin_pipeline("cf")
+    assert not any(s.kind in ("verbalizer", "llm-features") for s in route.cold.stages)
+    shipped = load_config(Path(__file__).parents[2] / "configs" / "serve.toml", ServeConfig)
+    assert shipped.pipeline == default.pipeline and shipped.tune_users == default.tune_users

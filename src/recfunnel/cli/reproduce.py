@@ -8,7 +8,6 @@ machine: a speed measured beside other work is not the machine's speed.
 """
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -22,9 +21,7 @@ from rich.table import Table
 
 from recfunnel.cli.app import app, console, table_console
 from recfunnel.core.errors import ConfigError
-
-QUIET_LOAD = 0.5
-"""Load average per core below which the machine counts as quiet."""
+from recfunnel.core.machine import QUIET_LOAD, quiet_machine
 
 
 @dataclass(frozen=True)
@@ -50,13 +47,137 @@ class Entry:
 
 
 SAME = "identical on a rerun: every stage is seeded, the LLM decodes greedily"
+TRAINED = (
+    "the training run is seeded, but LoRA training on CPU is not bit-exact across "
+    "torch builds: a rerun lands within about .005 NDCG@10"
+)
+SPEED = "speeds vary by a few per cent between quiet runs; the script prints the machine's load"
+DIAG = "diagnose"
+ASPECTS_CLASSICAL = "mf,mf+mmr,mf+dpp,mf+fair"  # the baseline row is kept anyway
 ENTRIES: list[Entry] = [
     Entry(
-        "cold-start", "Cold-start retrieval baselines (the main job, `make run`)",
-        "README: What it shows",
+        "cold-start", "Cold-start baselines and the learned ranker (the main job, `make run`)",
+        "README: What it shows; Results: the cold-start table",
         ["recfunnel eval --config configs/cold-start.toml --json out/cold-start.json --quiet"],
-        "out/cold-start.json", "eval", SAME, "1 min",
+        "out/cold-start.json", "eval", SAME, "6 min (the first run embeds 9,742 titles)",
         metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
+    ),
+    Entry(
+        "stacked", "The stacked funnel: what the LLM adds as the ranker's features",
+        "README: What it shows; Results: the stacked funnel",
+        ["recfunnel diagnose --config configs/cold-start-stacked.toml --out out/stacked"],
+        "out/stacked/diagnosis.json", DIAG, SAME,
+        "50 min from an empty answer cache (1,200 users' LLM features), 15 min cached",
+    ),
+    Entry(
+        "lastfm", "Second domain: Last.fm, cold-start, retrieval and the learned ranker",
+        "Results: three domains",
+        ["recfunnel eval --config configs/lastfm-cold-start.toml --json out/lastfm.json --quiet"],
+        "out/lastfm.json", "eval", SAME, "5 min",
+        metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
+    ),
+    Entry(
+        "amazon", "Third domain: Amazon Video Games, leave-last-out, retrieval and the ranker",
+        "Results: three domains",
+        ["recfunnel eval --config configs/amazon-leave-last-out.toml --json out/amazon.json "
+         "--quiet"],
+        "out/amazon.json", "eval", SAME, "12 min (the first run embeds 16,859 titles)",
+        metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
+    ),
+    Entry(
+        "llm-rerankers", "Zero-shot LLM reranking of the hybrid pool",
+        "Results: zero-shot LLM reranking",
+        ["recfunnel eval --pipelines popularity,hybrid,hybrid+llm-verbalizer,"
+         "hybrid+llm-permutation,hybrid+llm-pointwise --users 30 --seeds 3 "
+         "--metrics hr@10,ndcg@10,unique@10 --json out/llm-rerankers.json --quiet"],
+        "out/llm-rerankers.json", "eval", SAME, "25 min from an empty answer cache",
+    ),
+    Entry(
+        "llm-features-cost", "What the LLM feature stage costs per user, by back-end",
+        "Results: what the LLM features cost",
+        ["python benchmarks/llm_features_cost.py --users 20 --json out/llm-features-cost.json"],
+        "out/llm-features-cost.json", "json", SPEED, "12 min", speed=True,
+    ),
+    Entry(
+        "diagnosis", "Cold-start diagnosis: the naive funnel's failure, stage by stage",
+        "Results: cold-start diagnosis",
+        ["recfunnel diagnose --config configs/diagnose-cold-start.toml --out out/diagnosis"],
+        "out/diagnosis/diagnosis.json", DIAG, SAME, "55 min from an empty answer cache",
+    ),
+    Entry(
+        "routing", "Where the LLM helps, by history length",
+        "Results: routing",
+        ["recfunnel eval --config configs/routing.toml --by-history --plot out/buckets.png "
+         "--json out/routing.json --quiet"],
+        "out/routing.json", "eval", SAME, "10 min from an empty answer cache",
+    ),
+    Entry(
+        "llamarec", "LlamaRec's protocol: sequential retrieval, a learned ranker, the LLM",
+        "Results: LlamaRec's protocol",
+        ["recfunnel eval --config configs/llamarec.toml --json out/llamarec.json --quiet"],
+        "out/llamarec.json", "eval", SAME, "20 min",
+    ),
+    Entry(
+        "aspects-classical", "Diversity and fairness rerankers (LLM4Rerank's protocol)",
+        "Results: beyond accuracy",
+        [f"recfunnel diagnose --config configs/aspects.toml --pipelines {ASPECTS_CLASSICAL} "
+         "--users 610 --out out/aspects-classical"],
+        "out/aspects-classical/diagnosis.json", DIAG, SAME, "3 min",
+    ),
+    Entry(
+        "aspects-llm", "The LLM's goal-driven walk (LLM4Rerank's protocol, 30 users)",
+        "Results: beyond accuracy",
+        ["recfunnel diagnose --config configs/aspects.toml --out out/aspects"],
+        "out/aspects/diagnosis.json", DIAG, SAME, "70 min from an empty answer cache",
+    ),
+    Entry(
+        "finetuned", "Zero-shot vs SFT vs SFT + DPO (leave-last-out)",
+        "Results: fine-tuned reranker",
+        ["recfunnel train --config configs/train-reranker.toml --lists 32",
+         "recfunnel diagnose --config configs/finetuned.toml --out out/finetuned"],
+        "out/finetuned/diagnosis.json", DIAG, TRAINED, "40 min",
+    ),
+    Entry(
+        "finetuned-cold-start", "Fine-tuned reranker for cold-start users",
+        "Results: fine-tuned reranker for cold-start users",
+        ["recfunnel train --config configs/train-cold-start.toml",
+         "recfunnel diagnose --config configs/finetuned-cold-start.toml "
+         "--out out/finetuned-cold-start"],
+        "out/finetuned-cold-start/diagnosis.json", DIAG, TRAINED, "60 min",
+    ),
+    Entry(
+        "listwise", "Listwise SFT of the verbalizer",
+        "Results: fine-tuned reranker for cold-start users",
+        ["recfunnel train --config configs/train-cold-start-listwise.toml",
+         "recfunnel diagnose --config configs/finetuned-cold-start-listwise.toml "
+         "--out out/listwise"],
+        "out/listwise/diagnosis.json", DIAG, TRAINED, "45 min",
+    ),
+    Entry(
+        "headroom", "How much any reordering of popularity's top 20 could gain",
+        "Results: fine-tuned reranker for cold-start users",
+        ["python benchmarks/rerank_headroom.py --json out/headroom.json"],
+        "out/headroom.json", "json", SAME, "2 min",
+    ),
+    Entry(
+        "soak", "Ten minutes of mixed traffic with the LLM server stopped twice",
+        "Results: serving under a soak",
+        ["python benchmarks/soak.py --minutes 10 --json out/soak.json"],
+        "out/soak.json", "json", SPEED, "12 min", speed=True,
+    ),
+    Entry(
+        "eval-chat", "Simulated conversations",
+        "Results: simulated conversations",
+        ["recfunnel eval-chat --config configs/serve-llm.toml --users 50 --seeds 3 --turns 6 "
+         "--json out/eval-chat.json"],
+        "out/eval-chat.json", "json", SAME, "30 min from an empty answer cache",
+    ),
+    Entry(
+        "enrich", "The LLM as enhancer: item descriptions",
+        "Results: the LLM as enhancer",
+        ["recfunnel enrich --dataset ml-latest-small --limit 1000",
+         "python benchmarks/enrich_quality.py --limit 1000 --seeds 3 --json out/enrich.json"],
+        "out/enrich.json", "json", SAME, "40 min from an empty answer cache",
     ),
 ]  # fmt: skip
 
@@ -66,18 +187,6 @@ def entry(name: str) -> Entry:
         if e.name == name:
             return e
     raise ConfigError(f"no reproducible table {name!r}; see `recfunnel reproduce --list`")
-
-
-def load_average() -> tuple[float, int]:
-    """The 1-minute load average and the number of cores."""
-    return os.getloadavg()[0], os.cpu_count() or 1
-
-
-def quiet_machine() -> tuple[bool, str]:
-    load, cores = load_average()
-    quiet = load / cores < QUIET_LOAD
-    state = "quiet" if quiet else "busy: other work is running"
-    return quiet, f"load average {load:.2f} on {cores} cores ({state})"
 
 
 def print_table(e: Entry) -> None:

@@ -66,6 +66,22 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config {p} is not valid TOML: {exc}") from None
 
 
+def to_toml(config: BaseModel) -> str:
+    """A config as TOML with every default filled in: what a run really used, and a file
+    that parses back to the same config (``None`` fields are left out: TOML has no null)."""
+    import tomli_w
+
+    return tomli_w.dumps(_without_none(config.model_dump(mode="json")))
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
 def load_config(path: str | Path, cls: type[C]) -> C:
     """Read and validate a TOML file as ``cls``."""
     return parse_config(read_toml(path), cls, str(path))

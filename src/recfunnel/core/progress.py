@@ -52,6 +52,24 @@ def track(items: Iterable[T], desc: str = "", total: int | None = None, min_step
             b.update()
 
 
+def third_party_bars() -> None:
+    """Let transformers' and huggingface_hub's own bars ("Loading weights", downloads)
+    follow :func:`enabled`: call before loading a model with them."""
+    show = enabled()
+    try:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.enable_progress_bar() if show else tf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        import huggingface_hub.utils as hub
+
+        hub.enable_progress_bars() if show else hub.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def notice(message: str) -> None:
     """One line on stderr about something the user should know happened (a download),
     unless quiet."""

@@ -81,7 +81,7 @@ def cold_start(
     """
     if history < 0:
         raise ConfigError(f"protocol.history must be >= 0, got {history}")
-    if n_users < 1:
+    if n_users < 0 or n_users + n_valid < 1:  # 0 test users: a split to tune on (serving)
         raise ConfigError(f"protocol.n_users must be >= 1, got {n_users}")
     if history_max is not None and history_max < history:
         raise ConfigError(f"protocol.history_max ({history_max}) is below history ({history})")

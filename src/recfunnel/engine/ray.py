@@ -33,8 +33,10 @@ PASSED_ENV = ("RECFUNNEL_CACHE", "RECFUNNEL_ANSWERS", "RECFUNNEL_DATA", "RECFUNN
 class PipelineActor:
     """One copy of the fitted pipeline in a Ray actor; called with batches of row indices."""
 
-    def __init__(self, pipeline: Pipeline, test: EvalSet, k: int, only_hits: bool) -> None:
-        self.pipeline = pipeline
+    def __init__(self, pipeline: bytes, test: EvalSet, k: int, only_hits: bool) -> None:
+        # the pipeline travels as its own pickle: Ray's zero-copy arrays are read-only,
+        # and a fitted model (implicit's factors) writes into its own
+        self.pipeline: Pipeline = pickle.loads(pipeline)
         self.test = test
         self.k = k
         self.rows = rows_with_target(test) if only_hits else None
@@ -120,7 +122,7 @@ def rank_on_ray(engine: EngineConfig, pipeline: Pipeline, test: EvalSet, k: int,
     ds = ray.data.from_items([{"row": i} for i in range(n)])
     out = ds.map_batches(
         PipelineActor,
-        fn_constructor_kwargs={"pipeline": pipeline, "test": test, "k": k,
+        fn_constructor_kwargs={"pipeline": pickle.dumps(pipeline), "test": test, "k": k,
                                "only_hits": only_hits},
         batch_size=engine.batch_size,
         batch_format="numpy",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from recfunnel.core import __version__
-from recfunnel.core.candidates import PAD
+from recfunnel.core.candidates import PAD, CandidateBatch
 from recfunnel.core.metrics import evaluate, exposure, hit_matrix
 from recfunnel.core.types import Dataset, EvalSet, Split
 from recfunnel.evaluate import diagnostics as dg
@@ -65,7 +65,6 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
         shuffled = pipeline.run(split.test.requests[:m], 10, shuffle=split.seed + seed_offset)
         assert out.final is not None and shuffled.final is not None
         a, b = out.final.items[:m, :10], shuffled.final.items[:, :10]
-        stage = shuffled.batches[name]
         truth, n_items = split.test.truth[:m], pipeline.catalog_.n_items
         ndcg = {  # per user: reranked as shown, reranked shuffled, the reranker's input order
             key: evaluate(x, truth, ["ndcg@10"], n_items).per_user["ndcg@10"]
@@ -76,7 +75,9 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
             "n_users": m,
             "top10_change": 1.0 - dg.topk_overlap(a, b, 10),
             "top1_change": float(np.mean(a[:, 0] != b[:, 0])),
-            "position_corr_shuffled": dg.position_correlation(stage.extras["input_pos"]),
+            "position_corr_shuffled": dg.position_correlation(
+                reordered(shuffled, name).extras["input_pos"]
+            ),
             # quality when the reranker cannot lean on the ranker's order, same users
             "ndcg@10_shuffled": float(ndcg["shuffled"].mean()),
             "ndcg@10_probe_users": float(ndcg["in"].mean()),
@@ -85,6 +86,24 @@ def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., 
         }
 
     return probe
+
+
+def llm_scores(batch: CandidateBatch) -> list[str]:
+    """The LLM's own per-candidate scores a stage keeps (``llm_score`` of a reranker,
+    ``llm_verbalizer`` and ``llm_yes`` of a feature stage; not their ranks)."""
+    return [k for k, v in batch.extras.items() if k.startswith("llm_")
+            and not k.endswith("_rank") and np.asarray(v).dtype.kind == "f"]  # fmt: skip
+
+
+def reordered(trace: Trace, probed: str) -> CandidateBatch:
+    """The probed stage's output or, when it keeps its input order (an LLM feature stage),
+    that of the first later head stage that reorders (the ranker reading its features):
+    whichever output carries where each item stood in its input (``input_pos``)."""
+    names = list(trace.batches)
+    for n in names[names.index(probed) :]:
+        if trace.modes.get(n) == "head" and "input_pos" in trace.batches[n].extras:
+            return trace.batches[n]
+    raise KeyError(f"no stage from {probed} on reorders its input")
 
 
 def ranker_probe(repeats: int, seed: int = 0) -> Callable[..., dict[str, Any]]:
@@ -192,16 +211,16 @@ def stage_report(
     out["discrimination"] = disc
     out["fallback_rate"] = _num(np.mean([b.fallback_rate for b in batches]))
 
-    if "llm_score" in batches[0].extras:  # an LLM reranker's own scores
-        raw = np.vstack([b.extras["llm_score"][:, :depth] for b in batches])
+    for key in llm_scores(batches[0]):  # an LLM stage's own scores (a reranker's, features)
+        raw = np.vstack([b.extras[key][:, :depth] for b in batches])
         raw_d = dg.discrimination(raw, hits, n_boot=n_boot)
-        out["llm_score_cohen_d"] = _num(raw_d.cohen_d)
-        out["llm_score_auc"] = _num(raw_d.auc)
+        out[f"{key}_cohen_d"] = _num(raw_d.cohen_d)
+        out[f"{key}_auc"] = _num(raw_d.auc)
     probes = [r.probes for r in runs if r.probes.get("stage") == name]
     if probes:  # the probed stage (the first reranker): position bias
-        out["position_corr"] = _num(
-            np.mean([dg.position_correlation(b.extras["input_pos"]) for b in batches])
-        )
+        out["position_corr"] = _num(np.mean([
+            dg.position_correlation(reordered(r.trace, name).extras["input_pos"])
+            for r in runs if r.trace is not None]))  # fmt: skip
         for key in (
             "top10_change",
             "top1_change",
@@ -228,8 +247,8 @@ def stage_report(
 
 # ---- per pipeline ---------------------------------------------------------------------
 def per_user_seconds(run: RunResult) -> np.ndarray:
-    """Each user's latency: its share of the non-LLM work plus its own LLM compute time
-    (as measured when the answer was computed, so cached reruns report the true cost)."""
+    """Each user's latency: its share of the non-LLM work plus its own LLM compute time.
+    Only a run whose answers were all computed now reports it (see ``replayed``)."""
     fr = run.trace
     assert fr is not None
     n = run.n_users
@@ -244,6 +263,16 @@ def per_user_seconds(run: RunResult) -> np.ndarray:
         rows[unknown] = fr.timings.get(s, 0.0) / max(n, 1)
         seconds += rows
     return seconds
+
+
+def replayed(runs: list[RunResult]) -> tuple[int, int]:
+    """(LLM calls, of which answered from the answer cache) over every LLM stage and seed."""
+    calls = hits = 0
+    for r in runs:
+        for st in r.trace.stats.values() if r.trace else ():
+            if isinstance(st, LLMStats):
+                calls, hits = calls + st.llm_calls, hits + st.cache_hits
+    return calls, hits
 
 
 def pipeline_report(
@@ -262,11 +291,17 @@ def pipeline_report(
         }
         for m in cfg.metrics
     }
-    lat = dg.latency_percentiles(np.concatenate([per_user_seconds(r) for r in runs]))
+    calls, hits = replayed(runs)
+    lat: dict[str, float | None] = {
+        **dg.latency_percentiles(np.concatenate([per_user_seconds(r) for r in runs]))
+    }
+    if hits:  # a replayed answer's time was measured another day, on another load
+        lat = dict.fromkeys(lat)
     per_user = {k: float(np.mean([r.metrics[k] for r in runs])) for k in (
         "llm_calls_per_user", "prompt_tokens_per_user", "completion_tokens_per_user")}  # fmt: skip
     cost = {
         **{k: _num(v) for k, v in lat.items()},
+        "cached_share": _num(hits / calls) if calls else 0.0,
         **per_user,
         "cost_per_1000": dg.cost_per_1000(
             per_user["prompt_tokens_per_user"],

@@ -144,13 +144,14 @@ def plot_pareto(d: dict[str, Any]) -> bytes:
         (axes[1], "latency_ms_p50", "latency per user, p50 (ms, log)"),
     ):
         c = np.array([_nan(p["cost"][key]) for p in pipes])
-        c = np.nan_to_num(c)
-        front = pareto_front(c, q)
-        ax.scatter(c, q, color="#4c72b0", zorder=3)
-        for i, p in enumerate(pipes):
-            ax.annotate(p["name"], (c[i], q[i]), fontsize=7, xytext=(4, 3),
+        shown = np.flatnonzero(np.isfinite(c))  # latency is left out for replayed answers
+        c, qs = c[shown], q[shown]
+        front = pareto_front(c, qs)
+        ax.scatter(c, qs, color="#4c72b0", zorder=3)
+        for j, i in enumerate(shown):
+            ax.annotate(pipes[i]["name"], (c[j], qs[j]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")  # fmt: skip
-        ax.plot(c[front], q[front], color="#c44e52", lw=1.2, marker="o", mfc="none", ms=11,
+        ax.plot(c[front], qs[front], color="#c44e52", lw=1.2, marker="o", mfc="none", ms=11,
                 label="Pareto frontier")  # fmt: skip
         if key == "latency_ms_p50":
             ax.set_xscale("log")

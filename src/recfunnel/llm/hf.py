@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from recfunnel.core import progress
 from recfunnel.core.errors import ConfigError, require
 from recfunnel.core.fingerprint import model_fingerprint
 from recfunnel.core.paths import cache_root
@@ -42,7 +43,19 @@ _MARKER = "recfunnel-dequantized.json"
 
 def _import_torch() -> tuple[Any, Any]:
     why = "the hf back-end"
-    return require("torch", "hf", why), require("transformers", "hf", why)
+    torch, tf = require("torch", "hf", why), require("transformers", "hf", why)
+    progress.third_party_bars()  # no "Loading weights" bar in a log
+    return torch, tf
+
+
+def _gguf_bar_follows_progress() -> None:
+    """transformers' GGUF loader calls tqdm directly (no switch): hand it ours, which is
+    quiet off a terminal and under --quiet."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        return
+    gguf_utils.tqdm = lambda items, desc="", **_: progress.track(items, desc)
 
 
 def _remove(path: Path) -> None:
@@ -53,7 +66,7 @@ def _remove(path: Path) -> None:
 
 
 class HFLLM(TemplatedLLM):
-    """A causal LM run by transformers on CPU, in fp32."""
+    """A causal LM run by transformers on CPU (fp32, or bfloat16 where the CPU has it)."""
 
     backend = "hf"
 
@@ -134,6 +147,7 @@ class HFLLM(TemplatedLLM):
         t0 = time.perf_counter()
         log.info("de-quantizing %s (once; cached in %s)", gguf, target)
         tok = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _gguf_bar_follows_progress()
         extra: dict[str, Any] = {}
         gguf_config = getattr(tf, "GgufConfig", None)
         if gguf_config is not None:  # transformers >= 5.x may keep blocks packed: unpack them all
@@ -258,10 +272,10 @@ class HFLLM(TemplatedLLM):
         body = getattr(self.model, self.model.base_model_prefix)
         with self._model_lock, torch.inference_mode():
             head = torch.tensor([prompts[0][:shared]], dtype=torch.long)
-            past = body(input_ids=head, use_cache=True).past_key_values
+            past = body(input_ids=head, use_cache=True).cache
             past.batch_repeat_interleave(n)
             hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          past_key_values=past, use_cache=True).last_hidden_state  # fmt: skip
+                          cache=past, use_cache=True).last_hidden_state  # fmt: skip
             logits = self.model.get_output_embeddings()(hidden[torch.arange(n), last]).double()
             return np.asarray(torch.log_softmax(logits, dim=-1).numpy())
 

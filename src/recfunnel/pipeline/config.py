@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 from recfunnel.core.config import Strict
 from recfunnel.core.errors import ConfigError
 from recfunnel.stages.base import StageConfig
+from recfunnel.stages.rank.lists import ListsConfig
 from recfunnel.stages.rank.ltr import LTRConfig
 from recfunnel.stages.registry import stage_class, stage_config_type
 from recfunnel.stages.rerank.aspects import AspectConfig
@@ -174,8 +175,23 @@ def _builtins() -> dict[str, PipelineConfig]:
         p("sasrec", SASRecConfig()),
         p("hybrid", *hybrid),
         p("hybrid-weighted", *hybrid[:3], FusionConfig(method="weighted")),
+        cold_start_ltr(),
     ]  # fmt: skip
     return {c.name: c for c in out}
+
+
+def cold_start_ltr() -> PipelineConfig:
+    """``ltr``: the best measured cold-start pipeline (configs/cold-start-stacked.toml).
+
+    Four pools (ALS, item-kNN, content, popularity) fused by RRF, then LambdaRank over the
+    top 100, trained on cold-start lists simulated from training users (histories of 3–10
+    items); validation users pick the grid point and the number of trees."""
+    pools = [CFConfig(model="als"), CFConfig(model="itemknn"), ContentConfig(),
+             PopularityConfig(), FusionConfig(method="rrf")]  # fmt: skip
+    ltr = LTRConfig(top_n=100, features=["pools", "item", "history", "liked"], patience=100,
+                    lists=ListsConfig(cuts=[3, 4, 5, 6, 7, 10], folds=4),
+                    search={"num_leaves": [7, 15], "min_child_samples": [50, 100]})  # fmt: skip
+    return PipelineConfig(name="ltr", stages=[*pools, ltr], pool_size=200)
 
 
 def _routed() -> dict[str, RoutedPipelineConfig]:

@@ -1,8 +1,8 @@
 """What ``recfunnel serve`` runs: a dataset, a pipeline, and the service's limits.
 
-Defaults are the embedded set-up (ml-latest-small, the bundled SmolLM2 on the cold path,
-ALS on the warm path, the history threshold the routing study found), so
-``recfunnel serve`` needs no file at all.
+Defaults are the embedded set-up (ml-latest-small; the learned cold-start ranker on the
+path up to 200 history items, tuned at start-up on held-out users; ALS above, where the
+routing study has no measurement), so ``recfunnel serve`` needs no file at all.
 """
 
 from __future__ import annotations
@@ -52,8 +52,16 @@ class ChatConfig(Strict):
 
 
 def default_pipeline() -> RoutedPipelineConfig:
-    """Cold requests (≤ 20 items, or free text) → hybrid retrieval + the LLM verbalizer;
-    warm ones → ALS. 20 is where the routing study's buckets changed winner."""
+    """The learned cold-start ranker (`ltr`) up to 200 history items, or free text; ALS
+    above. The routing study found `ltr` best in every history bucket it measured (0–200
+    items) and its router chose 200 on both seeds; longer histories were not measured."""
+    route = RouteConfig(cold=builtin_pipeline("ltr"), warm=builtin_pipeline("cf"), threshold=200)
+    return RoutedPipelineConfig(name="routed", route=route)
+
+
+def llm_pipeline() -> RoutedPipelineConfig:
+    """The LLM on the cold path: hybrid retrieval → the SmolLM2 verbalizer on the top 20
+    (the earlier default; `configs/serve-llm.toml`)."""
     route = RouteConfig(
         cold=builtin_pipeline("hybrid+llm-verbalizer"), warm=builtin_pipeline("cf"), threshold=20
     )
@@ -67,6 +75,12 @@ class ServeConfig(Strict):
     data_dir: str | None = None
     seed: int = 0
     pipeline: PipelineConfig | RoutedPipelineConfig = Field(default_factory=default_pipeline)
+    tune_users: int = Field(
+        200, ge=0,
+        description="a pipeline with a learned ranker: users held out as in the cold-start "
+        "protocol (their first tune_history items stay in training) to stop and tune it on",
+    )  # fmt: skip
+    tune_history: int = Field(5, ge=1, description="history items each tuning user keeps")
     k: int = Field(10, ge=1, le=MAX_K, description="items per answer unless the request says")
     budget_ms: float = Field(2000.0, gt=0, description="per-request latency budget")
     explain_llm_top: int = Field(
@@ -151,10 +165,10 @@ class ServeConfig(Strict):
             self.pipeline.resolve({}, "pipeline.route")
         for p in pipelines_of(self.pipeline):
             for i, s in enumerate(p.stages):
-                if s.kind == "ltr":
+                if s.kind == "ltr" and self.tune_users == 0:
                     raise ValueError(
                         f"pipeline {p.name!r}: stages.{i}: a learned ranker needs validation "
-                        "users; serve a pipeline without `ltr`"
+                        "users: set tune_users > 0, or serve a pipeline without `ltr`"
                     )
                 if getattr(s, "calibration", None) is not None:
                     raise ValueError(

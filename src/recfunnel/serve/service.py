@@ -30,10 +30,10 @@ from recfunnel.core.candidates import PAD, cut
 from recfunnel.core.errors import RecfunnelError, UnknownItem
 from recfunnel.core.types import Dataset, Request
 from recfunnel.data.load import load_dataset
-from recfunnel.data.splits import ordered_events
+from recfunnel.data.splits import make_split, ordered_events
 from recfunnel.llm.base import LLM, LLMUnavailable, Usage
-from recfunnel.pipeline import Shared, build_pipeline
-from recfunnel.pipeline.config import llm_configs
+from recfunnel.pipeline import Pipeline, Shared, build_pipeline
+from recfunnel.pipeline.config import llm_configs, pipelines_of
 from recfunnel.serve.config import ServeConfig
 from recfunnel.serve.metrics import Metrics
 from recfunnel.stages.base import FitContext, Trace
@@ -100,7 +100,7 @@ class Service:
         catalog, inter = self.data.catalog, self.data.interactions
         shared = Shared.with_llm(llm)
         configs = llm_configs(config.pipeline)
-        self.pipeline = build_pipeline(config.pipeline, config.seed, shared).fit(inter, catalog)
+        self.pipeline = self._fitted(build_pipeline(config.pipeline, config.seed, shared))
         self.llm: LLM | None = shared.llms.get(configs[0]) if configs else None
         self.explainer: Explainer | None = None
         if self.llm is not None and config.explain_llm_top:
@@ -126,6 +126,20 @@ class Service:
         log.info("service ready in %.1fs (%s)", self.fit_seconds, config.pipeline.name)
         if config.warmup:
             self.warmup()
+
+    def _fitted(self, pipeline: Pipeline) -> Pipeline:
+        """Fitted on all the data or, with a learned ranker, on all but the later events of
+        ``tune_users`` users held out as cold-start validation users, then tuned on them
+        (its early stopping and grid need users it did not learn from)."""
+        c, data = self.config, self.data
+        learned = any(s.kind == "ltr" for p in pipelines_of(c.pipeline) for s in p.stages)
+        if not learned:
+            return pipeline.fit(data.interactions, data.catalog)
+        split = make_split(data, "cold-start", c.seed, n_users=0, history=c.tune_history,
+                           n_valid=c.tune_users)  # fmt: skip
+        pipeline.fit(split.train, data.catalog)
+        pipeline.tune(split)
+        return pipeline
 
     # ---- requests ------------------------------------------------------------------
     def resolve(

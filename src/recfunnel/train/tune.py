@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from recfunnel.core.config import Strict
 from recfunnel.core.errors import require
@@ -154,6 +154,10 @@ class TrainConfig(Strict):
     @classmethod
     def _dpo_off(cls, v: Any) -> Any:
         return None if v is False else v
+
+    @field_serializer("dpo")
+    def _dpo_written(self, v: DPOStageConfig | None) -> Any:
+        return False if v is None else v  # written back as `dpo = false`, as it is read
 
     @model_validator(mode="after")
     def _listwise_has_no_dpo(self) -> TrainConfig:

@@ -73,7 +73,17 @@ class LTRConfig(StageConfig):
         description="validation training: share of validation users held out to early-stop "
         "on NDCG@10, the final model refit on all (0: train all n_estimators)",
     )  # fmt: skip
+    cv_folds: int = Field(
+        0, ge=0,
+        description="validation training: pick the number of trees by k-fold cross-validation "
+        "over the validation users (best mean NDCG@10 curve; 0: use holdout)",
+    )  # fmt: skip
     patience: int = Field(30, ge=1, description="rounds without improvement before stopping")
+    boost_from_input: bool = Field(
+        False,
+        description="start from the input list's scores (LightGBM init_score): the trees "
+        "learn corrections to the previous ranker, so features with no signal leave its order",
+    )
     train_users: int | None = Field(None, ge=1, description="validation users used (None: all)")
     threads: int = Field(2, ge=1)
     seed: int = 0
@@ -125,7 +135,8 @@ class LTRRanker(Stage[LTRConfig]):
                 names += ["log_liked"]
             else:
                 for stage, batch in _head_stages(trace):
-                    names += [f"{stage}:score", *(f"{stage}:{k}" for k in _feature_keys(batch))]
+                    own = [f"{stage}:score"] if _reorders(batch) else []
+                    names += [*own, *(f"{stage}:{k}" for k in _feature_keys(batch))]
         return names
 
     def features(self, requests: Sequence[Request], trace: Trace) -> np.ndarray:
@@ -150,7 +161,8 @@ class LTRRanker(Stage[LTRConfig]):
                 cols += [self.liked_[safe]]
             else:
                 for _, batch in _head_stages(trace):
-                    cols += _looked_up(items, batch, batch.scores, None)
+                    if _reorders(batch):
+                        cols += _looked_up(items, batch, batch.scores, None)
                     for key in _feature_keys(batch):
                         cols += _looked_up(items, batch, batch.extras[key], None)
         x = np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=-1)
@@ -186,15 +198,23 @@ class LTRRanker(Stage[LTRConfig]):
         return self._fit_simulated(valid, before, ctx)
 
     def _lists(self, requests: Sequence[Request], truth: Sequence[np.ndarray],
-               trace: Trace) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
-        """Per list with a positive among its candidates: (features, labels), real rows only."""
+               trace: Trace) -> tuple[list[np.ndarray], ...]:  # fmt: skip
+        """Per list with a positive among its candidates: (features, labels, starting
+        scores), real rows only."""
         head = trace.head(self.config.top_n)
         labels = hit_matrix(head.items, truth, self.catalog_.n_items)
         x = self.features(requests, trace)
+        base = self.base(head)
         real = head.items != PAD
         keep = np.flatnonzero(labels.any(axis=1))  # a list with no positive teaches nothing
-        return ([x[r][real[r]] for r in keep],
-                [labels[r][real[r]].astype(int) for r in keep])  # fmt: skip
+        return ([x[r][real[r]] for r in keep], [labels[r][real[r]].astype(int) for r in keep],
+                [base[r][real[r]] for r in keep])  # fmt: skip
+
+    def base(self, head: CandidateBatch) -> np.ndarray:
+        """The score each candidate starts from: the input's with ``boost_from_input``."""
+        if not self.config.boost_from_input:
+            return np.zeros(head.items.shape)
+        return np.where(head.items == PAD, 0.0, np.asarray(head.scores, dtype=np.float64))
 
     def fit_lists(self, valid: EvalSet, trace: Trace, forbidden: EvalSet | None = None) -> Self:
         """Learn from validation requests' candidates labelled by validation truth.
@@ -205,14 +225,15 @@ class LTRRanker(Stage[LTRConfig]):
         head = trace.head(self.config.top_n)
         if forbidden is not None:
             _refuse_test_labels(valid, head, forbidden, self.catalog_.n_items)
-        xs, ys = self._lists(valid.requests, valid.truth, trace)
+        xs, ys, bs = self._lists(valid.requests, valid.truth, trace)
         if not xs:
             raise RecfunnelError("no validation user has a relevant item among the candidates")
         groups = [len(y) for y in ys]
         self.names_ = self.feature_names(trace)
-        self.n_estimators_ = self._rounds(xs, ys, groups)
+        self.n_estimators_ = self._rounds(xs, ys, bs, groups)
         self.model_ = self._model(self.n_estimators_)
-        self.model_.fit(np.concatenate(xs), np.concatenate(ys), group=groups)
+        self.model_.fit(np.concatenate(xs), np.concatenate(ys), group=groups,
+                        init_score=np.concatenate(bs))  # fmt: skip
         self.n_train_users_ = len(groups)
         self.trained_on_ = {"source": "validation users", "lists": len(groups)}
         return self
@@ -225,27 +246,36 @@ class LTRRanker(Stage[LTRConfig]):
         held = held_users(ctx.split)
         xs: list[np.ndarray] = []
         ys: list[np.ndarray] = []
+        bs: list[np.ndarray] = []
         users: set[int] = set()
         for group in simulate(ctx.split, c.lists, c.seed):
             group_users = {r.user for r in group.requests if r.user is not None}
             if leaked := sorted(group_users & held):
                 raise LeakageError(f"simulated lists of held-out users {leaked[:5]}")
             trace = ctx.refit_before(group.train)(group.requests, 0)
-            gx, gy = self._lists(group.requests, group.truth, trace)
+            gx, gy, gb = self._lists(group.requests, group.truth, trace)
             xs += gx
             ys += gy
+            bs += gb
             users |= group_users
         if not xs:
             raise RecfunnelError("no simulated list has a relevant item among its candidates")
-        vx, vy = self._lists(valid.requests, valid.truth, before)
+        vx, vy, vb = self._lists(valid.requests, valid.truth, before)
         if not vx:
             raise RecfunnelError("no validation user has a relevant item among the candidates")
-        x, y, g = np.concatenate(xs), np.concatenate(ys), [len(v) for v in ys]
+        x, y, g, b = (
+            np.concatenate(xs),
+            np.concatenate(ys),
+            [len(v) for v in ys],
+            np.concatenate(bs),
+        )
         ex, ey, eg = np.concatenate(vx), np.concatenate(vy), [len(v) for v in vy]
+        eb = np.concatenate(vb)
         tried = []
         for point in _grid(c.search):
             model = self._model(c.n_estimators, **point)
-            model.fit(x, y, group=g, eval_X=(ex,), eval_y=(ey,), eval_group=[eg], eval_at=[10],
+            model.fit(x, y, group=g, init_score=b, eval_X=(ex,), eval_y=(ey,), eval_group=[eg],
+                      eval_init_score=[eb], eval_at=[10],
                       callbacks=[lgb.early_stopping(c.patience, verbose=False)])  # fmt: skip
             best = int(model.best_iteration_ or c.n_estimators)
             score = float(model.best_score_["valid_0"]["ndcg@10"])
@@ -254,7 +284,7 @@ class LTRRanker(Stage[LTRConfig]):
         params = {k: choice[k] for k in choice if k in SEARCHABLE}
         self.n_estimators_ = max(int(choice["trees"]), 1)
         self.model_ = self._model(self.n_estimators_, **params)
-        self.model_.fit(x, y, group=g)
+        self.model_.fit(x, y, group=g, init_score=b)
         self.names_ = self.feature_names(before)
         self.n_train_users_ = len(users)
         self.trained_on_ = {"source": "simulated training lists", "lists": len(g),
@@ -277,38 +307,72 @@ class LTRRanker(Stage[LTRConfig]):
             importance_type="gain", **chosen,
         )  # fmt: skip
 
-    def _rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], groups: list[int]) -> int:
+    def _rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray],
+                groups: list[int]) -> int:  # fmt: skip
         """Trees to train: early-stopped on NDCG@10 of a seeded held-out share of the
         validation users. A few hundred one-positive queries overfit a full forest fast."""
         import lightgbm as lgb
 
         c = self.config
+        if c.cv_folds >= 2:
+            return self._cv_rounds(xs, ys, bs, groups)
         n_out = round(c.holdout * len(groups))
         if n_out < 10 or len(groups) - n_out < 10:
             return c.n_estimators
         perm = np.random.default_rng(c.seed).permutation(len(groups))
         out, inn = np.sort(perm[:n_out]), np.sort(perm[n_out:])
 
-        def part(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        def part(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:
             return (np.concatenate([xs[i] for i in idx]), np.concatenate([ys[i] for i in idx]),
-                    [groups[i] for i in idx])  # fmt: skip
+                    [groups[i] for i in idx], np.concatenate([bs[i] for i in idx]))  # fmt: skip
 
-        (xi, yi, gi), (xo, yo, go) = part(inn), part(out)
+        (xi, yi, gi, bi), (xo, yo, go, bo) = part(inn), part(out)
         probe = self._model(c.n_estimators)
-        probe.fit(xi, yi, group=gi, eval_X=(xo,), eval_y=(yo,), eval_group=[go], eval_at=[10],
+        probe.fit(xi, yi, group=gi, init_score=bi, eval_X=(xo,), eval_y=(yo,), eval_group=[go],
+                  eval_init_score=[bo], eval_at=[10],
                   callbacks=[lgb.early_stopping(c.patience, verbose=False)])  # fmt: skip
         return max(int(probe.best_iteration_ or c.n_estimators), 1)
+
+    def _cv_rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray],
+                   groups: list[int]) -> int:  # fmt: skip
+        """Trees to train: the peak of the validation NDCG@10 curve averaged over
+        ``cv_folds`` seeded folds of the validation users (each fold's curve from a model
+        trained on the others). Steadier than one hold-out share on a few hundred users."""
+        c = self.config
+        fold = np.random.default_rng(c.seed).permutation(len(groups)) % c.cv_folds
+        curves = []
+        for k in range(c.cv_folds):
+            inn, out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            if len(out) == 0 or len(inn) == 0:
+                continue
+
+            def cat(parts: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
+                return np.concatenate([parts[i] for i in idx])
+
+            probe = self._model(c.n_estimators)
+            probe.fit(cat(xs, inn), cat(ys, inn), group=[groups[i] for i in inn],
+                      init_score=cat(bs, inn), eval_X=(cat(xs, out),), eval_y=(cat(ys, out),),
+                      eval_group=[[groups[i] for i in out]], eval_init_score=[cat(bs, out)],
+                      eval_at=[10])  # fmt: skip
+            curves.append(probe.evals_result_["valid_0"]["ndcg@10"])
+        if not curves:
+            return c.n_estimators
+        mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+        self.cv_curve_ = mean.tolist()
+        return int(np.argmax(mean)) + 1  # the first of equal peaks: the fewest trees
 
     # ---- ranking and reporting ------------------------------------------------------
     def __call__(self, requests: Sequence[Request], trace: Trace) -> CandidateBatch:
         if not hasattr(self, "model_"):
             raise RuntimeError(f"{self.name} is not trained: tune it on validation users first")
         head = trace.head(self.config.top_n)
-        return self.order(head, self.predict(self.features(requests, trace)))
+        return self.order(head, self.predict(self.features(requests, trace), self.base(head)))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+        """Each candidate's score: the trees' sum, plus its starting score (``base``)."""
         n, depth, _ = x.shape
-        return np.asarray(self.model_.predict(x.reshape(n * depth, -1))).reshape(n, depth)
+        pred = np.asarray(self.model_.predict(x.reshape(n * depth, -1))).reshape(n, depth)
+        return pred if base is None else pred + base
 
     def order(self, head: CandidateBatch, pred: np.ndarray) -> CandidateBatch:
         """``head`` sorted by ``pred`` (ties keep the input order)."""
@@ -340,8 +404,10 @@ class LTRRanker(Stage[LTRConfig]):
         real = head.items != PAD
         n_items = self.catalog_.n_items
 
+        start = self.base(head)
+
         def ndcg(features: np.ndarray) -> float:
-            ranked = self.order(head, self.predict(features)).items
+            ranked = self.order(head, self.predict(features, start)).items
             return float(evaluate(ranked, truth, ["ndcg@10"], n_items).means["ndcg@10"])
 
         base = ndcg(x)
@@ -387,6 +453,12 @@ def _grid(search: dict[str, list[float]]) -> list[dict[str, float]]:
 def _head_stages(trace: Trace) -> list[tuple[str, CandidateBatch]]:
     """The earlier head stages' outputs (rankers, rerankers, LLM feature stages)."""
     return [(n, b) for n, b in trace.batches.items() if trace.modes.get(n) == "head"]
+
+
+def _reorders(batch: CandidateBatch) -> bool:
+    """A stage that reorders says where each item stood; one that keeps its input order (an
+    LLM feature stage) passes its input's scores on, which are not a feature of its own."""
+    return "input_pos" in batch.extras
 
 
 def _feature_keys(batch: CandidateBatch) -> list[str]:

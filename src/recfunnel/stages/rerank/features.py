@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import numpy as np
 from pydantic import Field
@@ -38,7 +38,6 @@ from recfunnel.stages.base import (
     StageConfig,
     Trace,
     noun_for,
-    positions,
 )
 from recfunnel.stages.rerank.prompts import (
     LABELS,
@@ -64,7 +63,6 @@ class LLMFeaturesConfig(StageConfig):
     placebo: bool = Field(False, description="permute the features within each list")
     history_items: int = Field(5, ge=0, description="most recent history items shown")
     title_chars: int = Field(40, ge=8)
-    batch_size: int = Field(16, ge=1, description="prompts sent to the LLM at once")
     noun: str = Field("item", description="what the prompt calls an item (movie, artist…)")
     seed: int = 0
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -107,9 +105,8 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         feats = {k: np.full((n_rows, depth), np.nan) for k in FEATURES}
         fallback = np.zeros(n_rows, dtype=bool)
         st = LLMStats(rows=n_rows, users=n_rows, row_seconds=np.zeros(n_rows))
-        per_call = max(1, self.config.batch_size // self.config.shuffles)
-        for lo in range(0, n_rows, per_call):
-            rows = list(range(lo, min(n_rows, lo + per_call)))
+        for row in range(n_rows):  # one user per call: its prompts share the history prefix
+            rows = [row]
             try:
                 got = self._score(requests, head, rows, st)
             except LLMUnavailable as exc:
@@ -128,12 +125,15 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         st.fallback_rows = int(fallback.sum())
         st.add_usage(self.llm.usage.since(before))
         self._stats = st
-        extras: dict[str, Any] = {"input_pos": positions(head.items), **feats}
-        return CandidateBatch(head.items, head.scores, self.name, fallback, extras)
+        # no ``input_pos``: the order is the input's; the ranker after this stage reorders
+        return CandidateBatch(head.items, head.scores, self.name, fallback, dict(feats))
 
     def _score(self, requests: Sequence[Request], head: CandidateBatch, rows: list[int],
                st: LLMStats) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:  # fmt: skip
-        """Per row: the mean verbalizer log-prob and P(yes) of each candidate, in head order."""
+        """Per row: the mean verbalizer log-prob and P(yes) of each candidate, in head order.
+
+        Each LLM call holds one user's prompts, which share the system text and the history:
+        a back-end with ``prefix_cache`` runs that prefix once per call."""
         cat, style, k = self.catalog_, self.style, self.config.shuffles
         valid = {r: head.items[r][head.items[r] != PAD] for r in rows}
         shown = {r: self.listings(requests[r], valid[r]) for r in rows}
@@ -152,19 +152,20 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
             st.invalid_outputs += int(a.missing > 0)
             st.row_seconds[r] += a.compute_s  # type: ignore[index]
         yes: dict[int, np.ndarray | None] = {r: None for r in rows}
-        if self.config.pointwise:
+        if self.config.pointwise:  # asked in item order too: the same batch whatever the input
+            asked = {r: np.sort(valid[r]) for r in rows}
             pw = [pointwise_prompt(cat, requests[r].history, int(i), style)
-                  for r in rows for i in valid[r]]  # fmt: skip
+                  for r in rows for i in asked[r]]  # fmt: skip
             got = iter(self.llm.option_logprobs_many(pw, list(YES_NO), PROMPT_VERSION))
             for r in rows:
-                ps = []
-                for _ in valid[r]:
+                p_yes = {}
+                for i in asked[r]:
                     a = next(got)
-                    ps.append(float(np.exp(a.logprobs[0] - np.logaddexp(*a.logprobs[:2]))))
+                    p_yes[int(i)] = float(np.exp(a.logprobs[0] - np.logaddexp(*a.logprobs[:2])))
                     st.outputs += 1
                     st.invalid_outputs += int(a.missing > 0)
                     st.row_seconds[r] += a.compute_s  # type: ignore[index]
-                yes[r] = np.array(ps)
+                yes[r] = np.array([p_yes[int(i)] for i in valid[r]])
         return {r: (verb[r], yes[r]) for r in rows}
 
     def _permute(self, requests: Sequence[Request], items: np.ndarray,

@@ -147,6 +147,7 @@ def _load_model(model_path: str) -> Any:
     st = _sentence_transformers()
     device = _device()
     logger.info("loading embedding model %s on %s", model_path, device)
+    progress.third_party_bars()
     return st.SentenceTransformer(model_path, device=device)
 
 
