@@ -59,7 +59,8 @@ ENTRIES: list[Entry] = [
         "cold-start", "Cold-start baselines and the learned ranker (the main job, `make run`)",
         "README: What it shows; Results: the cold-start table",
         ["recfunnel eval --config configs/cold-start.toml --json out/cold-start.json --quiet"],
-        "out/cold-start.json", "eval", SAME, "6 min (the first run embeds 9,742 titles)",
+        "out/cold-start.json", "eval", SAME,
+        "2 min (the first run fetches the data and embeds 9,742 titles)",
         metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
     ),
     Entry(
@@ -67,13 +68,13 @@ ENTRIES: list[Entry] = [
         "README: What it shows; Results: the stacked funnel",
         ["recfunnel diagnose --config configs/cold-start-stacked.toml --out out/stacked"],
         "out/stacked/diagnosis.json", DIAG, SAME,
-        "50 min from an empty answer cache (1,200 users' LLM features), 15 min cached",
+        "60 min from an empty answer cache (1,200 users' LLM features)",
     ),
     Entry(
         "lastfm", "Second domain: Last.fm, cold-start, retrieval and the learned ranker",
         "Results: three domains",
         ["recfunnel eval --config configs/lastfm-cold-start.toml --json out/lastfm.json --quiet"],
-        "out/lastfm.json", "eval", SAME, "5 min",
+        "out/lastfm.json", "eval", SAME, "15 min",
         metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
     ),
     Entry(
@@ -81,7 +82,7 @@ ENTRIES: list[Entry] = [
         "Results: three domains",
         ["recfunnel eval --config configs/amazon-leave-last-out.toml --json out/amazon.json "
          "--quiet"],
-        "out/amazon.json", "eval", SAME, "12 min (the first run embeds 16,859 titles)",
+        "out/amazon.json", "eval", SAME, "25 min (the first run embeds 16,859 titles)",
         metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
     ),
     Entry(
@@ -109,7 +110,7 @@ ENTRIES: list[Entry] = [
         "Results: routing",
         ["recfunnel eval --config configs/routing.toml --by-history --plot out/buckets.png "
          "--json out/routing.json --quiet"],
-        "out/routing.json", "eval", SAME, "10 min from an empty answer cache",
+        "out/routing.json", "eval", SAME, "25 min from an empty answer cache",
     ),
     Entry(
         "llamarec", "LlamaRec's protocol: sequential retrieval, a learned ranker, the LLM",
