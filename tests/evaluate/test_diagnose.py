@@ -247,3 +247,30 @@ def test_reranking_some_rows_reports_latency_for_every_row(split):
     secs = res.stats["rerank:verbalizer"].row_seconds
     assert len(secs) == len(sp.test) and len(llm.prompts) == 3
     assert np.all(secs[~mask] == 0)
+
+
+def test_a_diagnosis_without_llm_stages_renders(shared_data, tmp_path):
+    """Classical rerankers are probed for position bias but have no LLM figures (invalid
+    outputs, fallbacks): the report shows '–' for those, not a template error (the
+    beyond-accuracy table's `recfunnel reproduce aspects-classical` failed on this)."""
+    from recfunnel.data import load_dataset
+    from recfunnel.evaluate.config import DiagnoseConfig
+    from recfunnel.evaluate.diagnose import diagnose
+    from recfunnel.evaluate.report import write_report
+
+    cfg = DiagnoseConfig.model_validate({
+        "dataset": "ml-latest-small", "data_dir": str(shared_data), "seeds": 1,
+        "metrics": ["hr@10", "ndcg@10", "alpha_ndcg@10"],
+        "protocol": {"name": "leave-last-out", "n_users": 20},
+        "diagnose": {"baseline": "mf", "test_metrics": ["ndcg@10"], "position_users": 3},
+        "pipelines": [
+            {"name": "mf", "stages": [{"kind": "cf", "model": "als"}]},
+            {"name": "mf+mmr", "stages": [{"kind": "cf", "model": "als"},
+                                          {"kind": "mmr", "top_n": 20}]},
+        ],
+    })  # fmt: skip
+    d = diagnose(cfg, dataset=load_dataset("ml-latest-small", shared_data))
+    mmr = next(p for p in d["pipelines"] if p["name"] == "mf+mmr")["stages"]
+    assert any("position_corr" in v and "invalid_rate" not in v for v in mmr.values())
+    html = write_report(d, tmp_path).read_text()
+    assert "mf+mmr" in html
