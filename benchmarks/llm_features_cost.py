@@ -7,8 +7,9 @@ cache off so every call is really made, this times:
 - ``llm-features/<back-end>``: the feature stage (``shuffles`` listings for the verbalizer
   score plus one yes/no prompt per candidate), on each back-end asked for; ``hf-bf16``
   runs transformers in bfloat16 with the shared history prefix run once per user;
-- ``ltr2``: the second LambdaRank over the first ranker's and the LLM's features (its
-  ``predict`` per user; it is fitted on ``--valid`` validation users' features).
+- ``ltr2``: the second LambdaRank of configs/cold-start-stacked.toml (it starts from its
+  input's scores and learns corrections from the LLM features; its ``predict`` per user,
+  fitted on ``--valid`` validation users' features).
 
 It prints seconds per user, prompt tokens per user and the ratio to the verbalizer, and
 refuses to start on a busy machine (``--busy-ok`` measures anyway and says so).

@@ -40,3 +40,14 @@ def shared_data() -> Path:
             "holds ml-latest-small/, hetrec2011-lastfm-2k/ and amazon-games-llmrank/"
         )
     return root
+
+
+@pytest.fixture(autouse=True)
+def _loud_by_default():
+    """`--quiet` sets RECFUNNEL_QUIET for the rest of its process (the workers it starts
+    inherit it): a CLI test run in-process must not silence the notices later tests read."""
+    from recfunnel.core.progress import set_quiet
+
+    set_quiet(False)
+    yield
+    set_quiet(False)

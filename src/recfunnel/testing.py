@@ -175,21 +175,20 @@ def check_pickles(h: Harness, train: Interactions, requests: Sequence[Request]) 
 
 def check_probed_input_positions(h: Harness, train: Interactions,
                                  requests: Sequence[Request]) -> None:  # fmt: skip
-    if not h.stage.probed:
-        return
     """A probed stage that reorders says where each item stood (``input_pos``, what the
     position probe reads); one without it must keep its input order exactly."""
+    if not h.stage.probed:
+        return
     out = h.output(requests)
-    pos = out.extras.get("input_pos")
     given = h.funnel.run(list(requests), K).inputs[h.name].items[:, : out.depth]
-    if pos is None:
+    if not out.reorders:
         np.testing.assert_array_equal(
             out.items, given,
             err_msg=f"{h.config.kind}: a probed stage that reorders must give "
             "extras['input_pos']",
         )  # fmt: skip
         return
-    real = out.items != PAD
+    real, pos = out.items != PAD, out.extras["input_pos"]
     np.testing.assert_array_equal(
         np.take_along_axis(given, np.where(real, pos, 0), axis=1)[real], out.items[real],
         err_msg=f"{h.config.kind}: input_pos does not point at each item's input slot",

@@ -53,6 +53,8 @@ TRAINED = (
 )
 SPEED = "speeds vary by a few per cent between quiet runs; the script prints the machine's load"
 DIAG = "diagnose"
+TOP = ["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"]
+"""The columns an eval table prints: accuracy, pool recall, exposure."""
 ASPECTS_CLASSICAL = "mf,mf+mmr,mf+dpp,mf+fair"  # the baseline row is kept anyway
 ENTRIES: list[Entry] = [
     Entry(
@@ -61,7 +63,7 @@ ENTRIES: list[Entry] = [
         ["recfunnel eval --config configs/cold-start.toml --json out/cold-start.json --quiet"],
         "out/cold-start.json", "eval", SAME,
         "2 min (the first run fetches the data and embeds 9,742 titles)",
-        metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
+        metrics=TOP,
     ),
     Entry(
         "stacked", "The stacked funnel: what the LLM adds as the ranker's features",
@@ -75,7 +77,7 @@ ENTRIES: list[Entry] = [
         "Results: three domains",
         ["recfunnel eval --config configs/lastfm-cold-start.toml --json out/lastfm.json --quiet"],
         "out/lastfm.json", "eval", SAME, "15 min",
-        metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
+        metrics=TOP,
     ),
     Entry(
         "amazon", "Third domain: Amazon Video Games, leave-last-out, retrieval and the ranker",
@@ -83,7 +85,7 @@ ENTRIES: list[Entry] = [
         ["recfunnel eval --config configs/amazon-leave-last-out.toml --json out/amazon.json "
          "--quiet"],
         "out/amazon.json", "eval", SAME, "25 min (the first run embeds 16,859 titles)",
-        metrics=["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"],
+        metrics=TOP,
     ),
     Entry(
         "llm-rerankers", "Zero-shot LLM reranking of the hybrid pool",

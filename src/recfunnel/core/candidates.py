@@ -77,6 +77,13 @@ class CandidateBatch:
         return [self.row(i) for i in range(len(self))]
 
     @property
+    def reorders(self) -> bool:
+        """Whether the stage may have changed its input's order. One that did says where
+        each item stood (``extras["input_pos"]``, what the position probe reads); one that
+        keeps the order (an LLM feature stage) passes its input's scores on."""
+        return "input_pos" in self.extras
+
+    @property
     def fallback_rate(self) -> float:
         return 0.0 if self.fallback is None or len(self) == 0 else float(self.fallback.mean())
 

@@ -82,7 +82,8 @@ def cold_start(
     if history < 0:
         raise ConfigError(f"protocol.history must be >= 0, got {history}")
     if n_users < 0 or n_users + n_valid < 1:  # 0 test users: a split to tune on (serving)
-        raise ConfigError(f"protocol.n_users must be >= 1, got {n_users}")
+        raise ConfigError(f"protocol.n_users must be >= 1 (or 0 with n_valid >= 1), got "
+                          f"n_users {n_users}, n_valid {n_valid}")  # fmt: skip
     if history_max is not None and history_max < history:
         raise ConfigError(f"protocol.history_max ({history_max}) is below history ({history})")
     inter = data.interactions

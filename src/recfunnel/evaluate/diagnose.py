@@ -101,7 +101,7 @@ def reordered(trace: Trace, probed: str) -> CandidateBatch:
     whichever output carries where each item stood in its input (``input_pos``)."""
     names = list(trace.batches)
     for n in names[names.index(probed) :]:
-        if trace.modes.get(n) == "head" and "input_pos" in trace.batches[n].extras:
+        if trace.modes.get(n) == "head" and trace.batches[n].reorders:
             return trace.batches[n]
     raise KeyError(f"no stage from {probed} on reorders its input")
 

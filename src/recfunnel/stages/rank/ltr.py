@@ -135,7 +135,7 @@ class LTRRanker(Stage[LTRConfig]):
                 names += ["log_liked"]
             else:
                 for stage, batch in _head_stages(trace):
-                    own = [f"{stage}:score"] if _reorders(batch) else []
+                    own = [f"{stage}:score"] if batch.reorders else []
                     names += [*own, *(f"{stage}:{k}" for k in _feature_keys(batch))]
         return names
 
@@ -161,7 +161,7 @@ class LTRRanker(Stage[LTRConfig]):
                 cols += [self.liked_[safe]]
             else:
                 for _, batch in _head_stages(trace):
-                    if _reorders(batch):
+                    if batch.reorders:  # a kept order's scores are its input's
                         cols += _looked_up(items, batch, batch.scores, None)
                     for key in _feature_keys(batch):
                         cols += _looked_up(items, batch, batch.extras[key], None)
@@ -228,19 +228,14 @@ class LTRRanker(Stage[LTRConfig]):
         xs, ys, bs = self._lists(valid.requests, valid.truth, trace)
         if not xs:
             raise RecfunnelError("no validation user has a relevant item among the candidates")
-        groups = [len(y) for y in ys]
         self.names_ = self.feature_names(trace)
-        self.n_estimators_ = self._rounds(xs, ys, bs, groups)
-        self.model_ = self._model(self.n_estimators_)
-        self.model_.fit(np.concatenate(xs), np.concatenate(ys), group=groups,
-                        init_score=np.concatenate(bs))  # fmt: skip
-        self.n_train_users_ = len(groups)
-        self.trained_on_ = {"source": "validation users", "lists": len(groups)}
+        self.n_estimators_ = self._rounds(xs, ys, bs)
+        self.model_ = _fit(self._model(self.n_estimators_), _stack(xs, ys, bs))
+        self.n_train_users_ = len(ys)
+        self.trained_on_ = {"source": "validation users", "lists": len(ys)}
         return self
 
     def _fit_simulated(self, valid: EvalSet, before: Trace, ctx: TuneContext) -> dict[str, Any]:
-        import lightgbm as lgb
-
         c = self.config
         assert c.lists is not None
         held = held_users(ctx.split)
@@ -263,34 +258,23 @@ class LTRRanker(Stage[LTRConfig]):
         vx, vy, vb = self._lists(valid.requests, valid.truth, before)
         if not vx:
             raise RecfunnelError("no validation user has a relevant item among the candidates")
-        x, y, g, b = (
-            np.concatenate(xs),
-            np.concatenate(ys),
-            [len(v) for v in ys],
-            np.concatenate(bs),
-        )
-        ex, ey, eg = np.concatenate(vx), np.concatenate(vy), [len(v) for v in vy]
-        eb = np.concatenate(vb)
+        train, stop_on = _stack(xs, ys, bs), _stack(vx, vy, vb)
         tried = []
         for point in _grid(c.search):
-            model = self._model(c.n_estimators, **point)
-            model.fit(x, y, group=g, init_score=b, eval_X=(ex,), eval_y=(ey,), eval_group=[eg],
-                      eval_init_score=[eb], eval_at=[10],
-                      callbacks=[lgb.early_stopping(c.patience, verbose=False)])  # fmt: skip
+            model = _fit(self._model(c.n_estimators, **point), train, stop_on, c.patience)
             best = int(model.best_iteration_ or c.n_estimators)
             score = float(model.best_score_["valid_0"]["ndcg@10"])
             tried.append({**point, "trees": best, "valid_ndcg@10": score})
         choice = max(tried, key=lambda t: t["valid_ndcg@10"])  # first of equals: grid order
         params = {k: choice[k] for k in choice if k in SEARCHABLE}
         self.n_estimators_ = max(int(choice["trees"]), 1)
-        self.model_ = self._model(self.n_estimators_, **params)
-        self.model_.fit(x, y, group=g, init_score=b)
+        self.model_ = _fit(self._model(self.n_estimators_, **params), train)
         self.names_ = self.feature_names(before)
         self.n_train_users_ = len(users)
-        self.trained_on_ = {"source": "simulated training lists", "lists": len(g),
-                            "valid_lists": len(eg), "params": params, "search": tried}  # fmt: skip
-        log.info("%s: %d lists of %d users, %s, %d trees", self.name, len(g), len(users), params,
-                 self.n_estimators_)  # fmt: skip
+        self.trained_on_ = {"source": "simulated training lists", "lists": len(ys),
+                            "valid_lists": len(vy), "params": params, "search": tried}  # fmt: skip
+        log.info("%s: %d lists of %d users, %s, %d trees", self.name, len(ys), len(users),
+                 params, self.n_estimators_)  # fmt: skip
         return self.info()
 
     def _model(self, n_estimators: int, **params: Any) -> Any:
@@ -307,53 +291,34 @@ class LTRRanker(Stage[LTRConfig]):
             importance_type="gain", **chosen,
         )  # fmt: skip
 
-    def _rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray],
-                groups: list[int]) -> int:  # fmt: skip
+    def _rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray]) -> int:
         """Trees to train: early-stopped on NDCG@10 of a seeded held-out share of the
         validation users. A few hundred one-positive queries overfit a full forest fast."""
-        import lightgbm as lgb
-
         c = self.config
         if c.cv_folds >= 2:
-            return self._cv_rounds(xs, ys, bs, groups)
-        n_out = round(c.holdout * len(groups))
-        if n_out < 10 or len(groups) - n_out < 10:
+            return self._cv_rounds(xs, ys, bs)
+        n_out = round(c.holdout * len(ys))
+        if n_out < 10 or len(ys) - n_out < 10:
             return c.n_estimators
-        perm = np.random.default_rng(c.seed).permutation(len(groups))
+        perm = np.random.default_rng(c.seed).permutation(len(ys))
         out, inn = np.sort(perm[:n_out]), np.sort(perm[n_out:])
-
-        def part(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:
-            return (np.concatenate([xs[i] for i in idx]), np.concatenate([ys[i] for i in idx]),
-                    [groups[i] for i in idx], np.concatenate([bs[i] for i in idx]))  # fmt: skip
-
-        (xi, yi, gi, bi), (xo, yo, go, bo) = part(inn), part(out)
-        probe = self._model(c.n_estimators)
-        probe.fit(xi, yi, group=gi, init_score=bi, eval_X=(xo,), eval_y=(yo,), eval_group=[go],
-                  eval_init_score=[bo], eval_at=[10],
-                  callbacks=[lgb.early_stopping(c.patience, verbose=False)])  # fmt: skip
+        probe = _fit(self._model(c.n_estimators), _stack(xs, ys, bs, inn),
+                     _stack(xs, ys, bs, out), c.patience)  # fmt: skip
         return max(int(probe.best_iteration_ or c.n_estimators), 1)
 
-    def _cv_rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray],
-                   groups: list[int]) -> int:  # fmt: skip
+    def _cv_rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray]) -> int:
         """Trees to train: the peak of the validation NDCG@10 curve averaged over
         ``cv_folds`` seeded folds of the validation users (each fold's curve from a model
         trained on the others). Steadier than one hold-out share on a few hundred users."""
         c = self.config
-        fold = np.random.default_rng(c.seed).permutation(len(groups)) % c.cv_folds
+        fold = np.random.default_rng(c.seed).permutation(len(ys)) % c.cv_folds
         curves = []
         for k in range(c.cv_folds):
             inn, out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             if len(out) == 0 or len(inn) == 0:
                 continue
-
-            def cat(parts: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
-                return np.concatenate([parts[i] for i in idx])
-
-            probe = self._model(c.n_estimators)
-            probe.fit(cat(xs, inn), cat(ys, inn), group=[groups[i] for i in inn],
-                      init_score=cat(bs, inn), eval_X=(cat(xs, out),), eval_y=(cat(ys, out),),
-                      eval_group=[[groups[i] for i in out]], eval_init_score=[cat(bs, out)],
-                      eval_at=[10])  # fmt: skip
+            probe = _fit(self._model(c.n_estimators), _stack(xs, ys, bs, inn),
+                         _stack(xs, ys, bs, out))  # fmt: skip
             curves.append(probe.evals_result_["valid_0"]["ndcg@10"])
         if not curves:
             return c.n_estimators
@@ -455,10 +420,32 @@ def _head_stages(trace: Trace) -> list[tuple[str, CandidateBatch]]:
     return [(n, b) for n, b in trace.batches.items() if trace.modes.get(n) == "head"]
 
 
-def _reorders(batch: CandidateBatch) -> bool:
-    """A stage that reorders says where each item stood; one that keeps its input order (an
-    LLM feature stage) passes its input's scores on, which are not a feature of its own."""
-    return "input_pos" in batch.extras
+Lists = tuple[np.ndarray, np.ndarray, list[int], np.ndarray]
+"""Lists as LightGBM takes them: feature rows, labels, group sizes, starting scores."""
+
+
+def _stack(xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray],
+           idx: Sequence[int] | np.ndarray | None = None) -> Lists:  # fmt: skip
+    """Per-list features, labels and starting scores (those at ``idx``) stacked."""
+    pick = range(len(ys)) if idx is None else idx
+    return (np.concatenate([xs[i] for i in pick]), np.concatenate([ys[i] for i in pick]),
+            [len(ys[i]) for i in pick], np.concatenate([bs[i] for i in pick]))  # fmt: skip
+
+
+def _fit(model: Any, train: Lists, held: Lists | None = None, patience: int | None = None) -> Any:
+    """``model`` fitted on ``train``; with ``held``, its NDCG@10 curve recorded on them
+    (and, with ``patience``, training stopped when that stops improving)."""
+    import lightgbm as lgb
+
+    x, y, g, b = train
+    evals: dict[str, Any] = {}
+    if held is not None:
+        ex, ey, eg, eb = held
+        evals = {"eval_X": (ex,), "eval_y": (ey,), "eval_group": [eg],
+                 "eval_init_score": [eb], "eval_at": [10]}  # fmt: skip
+        if patience is not None:
+            evals["callbacks"] = [lgb.early_stopping(patience, verbose=False)]
+    return model.fit(x, y, group=g, init_score=b, **evals)
 
 
 def _feature_keys(batch: CandidateBatch) -> list[str]:

@@ -30,7 +30,7 @@ from scipy.stats import rankdata
 
 from recfunnel.core.candidates import PAD, CandidateBatch
 from recfunnel.core.types import Request
-from recfunnel.llm.base import LLMConfig, LLMUnavailable
+from recfunnel.llm.base import LLMConfig, LLMUnavailable, OptionScores
 from recfunnel.stages.base import (
     FitContext,
     LLMStage,
@@ -105,21 +105,20 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         feats = {k: np.full((n_rows, depth), np.nan) for k in FEATURES}
         fallback = np.zeros(n_rows, dtype=bool)
         st = LLMStats(rows=n_rows, users=n_rows, row_seconds=np.zeros(n_rows))
-        for row in range(n_rows):  # one user per call: its prompts share the history prefix
-            rows = [row]
+        for r in range(n_rows):  # one user per call: its prompts share the history prefix
+            items = head.items[r][head.items[r] != PAD]
             try:
-                got = self._score(requests, head, rows, st)
+                verb, yes = self._score(requests[r], items, r, st)
             except LLMUnavailable as exc:
                 log.warning("%s: back-end unavailable (%s); no LLM features", self.name, exc)
-                fallback[rows] = True
+                fallback[r] = True
                 continue
-            for r, (verb, yes) in got.items():
-                n = len(verb)
-                feats["llm_verbalizer"][r, :n] = verb
-                feats["llm_verbalizer_rank"][r, :n] = rankdata(-verb, method="average") - 1
-                if yes is not None:
-                    feats["llm_yes"][r, :n] = yes
-                    feats["llm_yes_rank"][r, :n] = rankdata(-yes, method="average") - 1
+            n = len(verb)
+            feats["llm_verbalizer"][r, :n] = verb
+            feats["llm_verbalizer_rank"][r, :n] = rankdata(-verb, method="average") - 1
+            if yes is not None:
+                feats["llm_yes"][r, :n] = yes
+                feats["llm_yes_rank"][r, :n] = rankdata(-yes, method="average") - 1
         if self.config.placebo:
             self._permute(requests, head.items, feats)
         st.fallback_rows = int(fallback.sum())
@@ -128,45 +127,35 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         # no ``input_pos``: the order is the input's; the ranker after this stage reorders
         return CandidateBatch(head.items, head.scores, self.name, fallback, dict(feats))
 
-    def _score(self, requests: Sequence[Request], head: CandidateBatch, rows: list[int],
-               st: LLMStats) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:  # fmt: skip
-        """Per row: the mean verbalizer log-prob and P(yes) of each candidate, in head order.
-
-        Each LLM call holds one user's prompts, which share the system text and the history:
-        a back-end with ``prefix_cache`` runs that prefix once per call."""
-        cat, style, k = self.catalog_, self.style, self.config.shuffles
-        valid = {r: head.items[r][head.items[r] != PAD] for r in rows}
-        shown = {r: self.listings(requests[r], valid[r]) for r in rows}
-        meta = [(r, listing) for r in rows for listing in shown[r]]
-        prompts = [verbalizer_prompt(cat, requests[r].history, listing.tolist(), style)[0]
-                   for r, listing in meta]  # fmt: skip
-        n_max = max((len(v) for v in valid.values()), default=1)
-        answers = self.llm.option_logprobs_many(prompts, LABELS[: max(n_max, 1)], PROMPT_VERSION)
-        verb = {r: np.zeros(len(valid[r])) for r in rows}
-        for (r, listing), a in zip(meta, answers, strict=True):
+    def _score(self, request: Request, items: np.ndarray, row: int,
+               st: LLMStats) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+        """One user's mean verbalizer log-prob and P(yes) of each candidate (``items``, the
+        head's real items in order). Each LLM call holds this user's prompts, which share
+        the system text and the history: a back-end with ``prefix_cache`` runs that prefix
+        once per call."""
+        cat, style = self.catalog_, self.style
+        listings = self.listings(request, items)
+        prompts = [verbalizer_prompt(cat, request.history, listing.tolist(), style)[0]
+                   for listing in listings]  # fmt: skip
+        answers = self.llm.option_logprobs_many(prompts, LABELS[: max(len(items), 1)],
+                                                PROMPT_VERSION)  # fmt: skip
+        verb = np.zeros(len(items))
+        for listing, a in zip(listings, answers, strict=True):
             n = len(listing)
             lp = a.logprobs[:n] - np.logaddexp.reduce(a.logprobs[:n])  # over the listed letters
             score_of = dict(zip(listing.tolist(), lp.tolist(), strict=True))
-            verb[r] += np.array([score_of[int(i)] for i in valid[r]]) / k
-            st.outputs += 1
-            st.invalid_outputs += int(a.missing > 0)
-            st.row_seconds[r] += a.compute_s  # type: ignore[index]
-        yes: dict[int, np.ndarray | None] = {r: None for r in rows}
-        if self.config.pointwise:  # asked in item order too: the same batch whatever the input
-            asked = {r: np.sort(valid[r]) for r in rows}
-            pw = [pointwise_prompt(cat, requests[r].history, int(i), style)
-                  for r in rows for i in asked[r]]  # fmt: skip
-            got = iter(self.llm.option_logprobs_many(pw, list(YES_NO), PROMPT_VERSION))
-            for r in rows:
-                p_yes = {}
-                for i in asked[r]:
-                    a = next(got)
-                    p_yes[int(i)] = float(np.exp(a.logprobs[0] - np.logaddexp(*a.logprobs[:2])))
-                    st.outputs += 1
-                    st.invalid_outputs += int(a.missing > 0)
-                    st.row_seconds[r] += a.compute_s  # type: ignore[index]
-                yes[r] = np.array([p_yes[int(i)] for i in valid[r]])
-        return {r: (verb[r], yes[r]) for r in rows}
+            verb += np.array([score_of[int(i)] for i in items]) / self.config.shuffles
+            _count(st, row, a)
+        if not self.config.pointwise:
+            return verb, None
+        asked = np.sort(items)  # asked in item order too: the same batch whatever the input
+        pw = [pointwise_prompt(cat, request.history, int(i), style) for i in asked]
+        got = self.llm.option_logprobs_many(pw, list(YES_NO), PROMPT_VERSION)
+        p_yes = {}
+        for i, a in zip(asked.tolist(), got, strict=True):
+            p_yes[i] = float(np.exp(a.logprobs[0] - np.logaddexp(*a.logprobs[:2])))
+            _count(st, row, a)
+        return verb, np.array([p_yes[int(i)] for i in items])
 
     def _permute(self, requests: Sequence[Request], items: np.ndarray,
                  feats: dict[str, np.ndarray]) -> None:  # fmt: skip
@@ -180,3 +169,10 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
 
     def stats(self) -> LLMStats:
         return self._stats
+
+
+def _count(st: LLMStats, row: int, answer: OptionScores) -> None:
+    """One scored prompt in the stage's stats: an output, whether invalid, its time."""
+    st.outputs += 1
+    st.invalid_outputs += int(answer.missing > 0)
+    st.row_seconds[row] += answer.compute_s  # type: ignore[index]
