@@ -56,6 +56,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "mmr": {"top_n": 10},
     "dpp": {"top_n": 10},
     "fair": {"top_n": 10},
+    "exposure": {"top_n": 20},
     "llm-features": {"top_n": 5, "shuffles": 2},
     "explain": {"top_k": 2},
 }

@@ -34,6 +34,7 @@ def test_the_stacked_cascade_keeps_its_stages_and_placebo():
     assert names[0] == "popularity" and {"ltr", "ltr+llm", "ltr+llm-shuffled"} <= set(names)
     by = {p["name"]: [s["kind"] for s in p["stages"]] for p in doc["pipelines"]}
     assert by["ltr+llm"][-3:-1] == ["llm-features", "ltr"]
+    assert by["ltr+exposure"] == [*by["ltr"], "exposure"]  # the same ranker, then the penalty
     shuffled = next(p for p in doc["pipelines"] if p["name"] == "ltr+llm-shuffled")
     feats = [s for s in shuffled["stages"] if s["kind"] == "llm-features"]
     assert feats[0]["placebo"] is True

@@ -149,6 +149,27 @@ def test_leave_last_out_user_sample(ml):
     assert len(a.train) == len(leave_last_out(ml, seed=0).train)  # training keeps everyone
 
 
+def test_leave_last_out_samples_validation_users_apart(ml):
+    """A small test sample with many validation users (a ranker's lists): the sets are
+    drawn apart, the test users are the same as without ``n_valid``, and no test target is
+    a training event or a validation target's history."""
+    a = leave_last_out(ml, seed=0, n_users=40, n_valid=300)
+    plain = leave_last_out(ml, seed=0, n_users=40)
+    assert [r.user for r in a.test.requests] == [r.user for r in plain.test.requests]
+    assert a.valid is not None and len(a.valid) == 300
+    assert {r.user for r in a.valid.requests} != {r.user for r in a.test.requests}
+    assert len(a.train) == len(plain.train)
+    train = pairs(a.train)
+    targets = {(r.user, int(t[0])) for r, t in zip(a.test.requests, a.test.truth, strict=True)}
+    assert not targets & train
+    for vreq, v in zip(a.valid.requests, a.valid.truth, strict=True):
+        assert (vreq.user, int(v[0])) not in train
+        assert not {(vreq.user, int(h)) for h in vreq.history} & targets
+    assert a.params["n_valid"] == 300 and "n_valid" not in plain.params
+    # more validation users than there are: all of them
+    assert len(leave_last_out(ml, seed=0, n_users=40, n_valid=10_000).valid) == 610
+
+
 def test_bad_protocol_values(ml):
     with pytest.raises(ConfigError, match="unknown protocol"):
         make_split(ml, "leave-one-in")

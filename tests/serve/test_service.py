@@ -200,6 +200,12 @@ def test_a_learned_ranker_without_tuning_users_is_refused():
 
     with pytest.raises(ValueError, match="tune_users > 0"):
         ServeConfig(pipeline=cold_start_ltr().model_dump(), tune_users=0)
+    # a tuned exposure weight learns on validation users too; a fixed one does not
+    tuned = {"name": "p", "stages": [{"kind": "popularity"}, {"kind": "exposure"}]}
+    with pytest.raises(ValueError, match=r"stages.1 \(exposure\) learns on validation"):
+        ServeConfig(pipeline=tuned, tune_users=0)
+    tuned["stages"][1]["weight"] = 0.1
+    assert ServeConfig(pipeline=tuned, tune_users=0).tune_users == 0
 
 
 def test_the_default_serves_the_best_measured_cold_start_pipeline():
@@ -213,7 +219,8 @@ def test_the_default_serves_the_best_measured_cold_start_pipeline():
 
     default = ServeConfig()
     route = default.pipeline.route
-    assert route.cold == builtin_pipeline("ltr") and route.warm == builtin_pipeline("cf")
+    assert route.cold == builtin_pipeline("ltr+exposure") and route.warm == builtin_pipeline("cf")
+    assert [s.kind for s in route.cold.stages][-2:] == ["ltr", "exposure"]
     assert not any(s.kind in ("verbalizer", "llm-features") for s in route.cold.stages)
     shipped = load_config(Path(__file__).parents[2] / "configs" / "serve.toml", ServeConfig)
     assert shipped.pipeline == default.pipeline and shipped.tune_users == default.tune_users

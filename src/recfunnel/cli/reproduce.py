@@ -62,15 +62,15 @@ ENTRIES: list[Entry] = [
         "README: What it shows; Results: the cold-start table",
         ["recfunnel eval --config configs/cold-start.toml --json out/cold-start.json --quiet"],
         "out/cold-start.json", "eval", SAME,
-        "2 min (the first run fetches the data and embeds 9,742 titles)",
+        "3 min (the first run fetches the data and embeds 9,742 titles)",
         metrics=TOP,
     ),
     Entry(
-        "stacked", "The stacked funnel: what the LLM adds as the ranker's features",
+        "stacked", "The stacked funnel: the learned ranker, its exposure step, the LLM as features",
         "README: What it shows; Results: the stacked funnel",
         ["recfunnel diagnose --config configs/cold-start-stacked.toml --out out/stacked"],
         "out/stacked/diagnosis.json", DIAG, SAME,
-        "60 min from an empty answer cache (1,200 users' LLM features)",
+        "60 min from an empty answer cache (1,200 users' LLM features), 10 min cached",
     ),
     Entry(
         "lastfm", "Second domain: Last.fm, cold-start, retrieval and the learned ranker",
@@ -86,6 +86,21 @@ ENTRIES: list[Entry] = [
          "--quiet"],
         "out/amazon.json", "eval", SAME, "25 min (the first run embeds 16,859 titles)",
         metrics=TOP,
+    ),
+    Entry(
+        "lastfm-llm", "Second domain, the LLM rows: Last.fm cold-start, a stated sample",
+        "Results: three domains",
+        ["recfunnel diagnose --config configs/lastfm-cold-start-llm.toml --out out/lastfm-llm"],
+        "out/lastfm-llm/diagnosis.json", DIAG, SAME,
+        "30 min from an empty answer cache (600 users' LLM features)",
+    ),
+    Entry(
+        "amazon-llm", "Third domain, the LLM rows: Amazon Video Games, a stated sample",
+        "Results: three domains",
+        ["recfunnel diagnose --config configs/amazon-leave-last-out-llm.toml "
+         "--out out/amazon-llm"],
+        "out/amazon-llm/diagnosis.json", DIAG, SAME,
+        "35 min from an empty answer cache (2,100 users' LLM features)",
     ),
     Entry(
         "llm-rerankers", "Zero-shot LLM reranking of the hybrid pool",

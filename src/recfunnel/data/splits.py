@@ -152,14 +152,17 @@ def leave_last_out(
     seed: int = 0,
     core: int | None = None,
     n_users: int | None = None,
+    n_valid: int | None = None,
 ) -> Split:
     """LlamaRec's protocol: ``core``-core filter, each user's last item (by time, ties by item)
     is the test target and the one before it the validation target; train holds the rest.
 
     ``core`` defaults to 5, or 0 for datasets published already filtered and split (their
-    shipped split is then reproduced exactly). ``n_users`` samples evaluation users (seeded);
-    the users not sampled keep all their events in training (the sampled ones lose their
-    last two, like every user).
+    shipped split is then reproduced exactly). ``n_users`` samples test users (seeded); every
+    user loses their last two events from training, sampled or not. Validation users are the
+    test users, unless ``n_valid`` samples them apart (seeded, from every eligible user): a
+    small test sample (for an expensive LLM stage) then need not starve a ranker that learns
+    on validation users. Either way no test target is ever a training event.
     """
     core = (0 if data.prefiltered else 5) if core is None else core
     inter = core_filter(data.interactions, core)
@@ -168,8 +171,14 @@ def leave_last_out(
     users = np.unique(events.loc[sizes >= 3, "user"].to_numpy())
     if len(users) == 0:
         raise ConfigError(f"no user of {data.name} has 3 or more interactions after filtering")
+    eligible = users
     if n_users is not None and n_users < len(users):
         users = np.sort(np.random.default_rng(seed).choice(users, n_users, replace=False))
+    valid_users = users
+    if n_valid is not None:
+        rng = np.random.default_rng([seed, 1])  # apart from the test sample's draw
+        take = min(n_valid, len(eligible))
+        valid_users = np.sort(rng.choice(eligible, take, replace=False))
     pos = events["pos"].to_numpy()
     is_test = pos == sizes - 1
     is_valid = pos == sizes - 2
@@ -177,19 +186,19 @@ def leave_last_out(
     train = inter.with_frame(events.loc[~held, list(Interactions.COLUMNS)])
     last = events.groupby("user")["pos"].max()
 
-    def evalset(offset: int, mask: np.ndarray) -> EvalSet:
-        rows = events[mask & np.isin(events["user"].to_numpy(), users)]
+    def evalset(offset: int, mask: np.ndarray, who: np.ndarray) -> EvalSet:
+        rows = events[mask & np.isin(events["user"].to_numpy(), who)]
         targets = dict(zip(rows["user"], rows["item"], strict=True))
-        reqs = _requests(events, users, last.loc[users] - offset)
-        return EvalSet(reqs, [np.array([targets[u]], dtype=np.int64) for u in users])
+        reqs = _requests(events, who, last.loc[who] - offset)
+        return EvalSet(reqs, [np.array([targets[u]], dtype=np.int64) for u in who])
 
     return Split(
         protocol="leave-last-out",
         seed=seed,
         train=train,
-        test=evalset(0, is_test),
-        valid=evalset(1, is_valid),
-        params=dict(core=core, n_users=n_users),
+        test=evalset(0, is_test, users),
+        valid=evalset(1, is_valid, valid_users),
+        params=dict(core=core, n_users=n_users) | ({} if n_valid is None else {"n_valid": n_valid}),
         timestamps_real=data.timestamps_real,
     )
 
@@ -237,6 +246,10 @@ class LeaveLastOutConfig(_Protocol):
     name: Literal["leave-last-out"] = "leave-last-out"
     core: int | None = Field(None, ge=0, description="k-core filter (None: 5, 0 if prefiltered)")
     n_users: int | None = Field(None, ge=1, description="Evaluate a seeded sample of users.")
+    n_valid: int | None = Field(
+        None, ge=1,
+        description="Validation users sampled apart from the test users (None: the same users).",
+    )  # fmt: skip
 
 
 ProtocolConfig = Annotated[ColdStartConfig | LeaveLastOutConfig, Field(discriminator="name")]

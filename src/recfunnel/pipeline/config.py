@@ -34,6 +34,7 @@ from recfunnel.stages.rank.lists import ListsConfig
 from recfunnel.stages.rank.ltr import LTRConfig
 from recfunnel.stages.registry import stage_class, stage_config_type
 from recfunnel.stages.rerank.aspects import AspectConfig
+from recfunnel.stages.rerank.exposure import ExposureConfig
 from recfunnel.stages.rerank.goal import GoalConfig
 from recfunnel.stages.rerank.llm import RerankConfig
 from recfunnel.stages.retrieve.cf import CFConfig
@@ -153,6 +154,12 @@ def llm_configs(config: AnyPipelineConfig) -> list[Any]:
             if stage_class(s.kind).uses_llm]  # fmt: skip
 
 
+def learns_on_validation(stage: StageConfig) -> bool:
+    """Whether the stage learns from validation users (a ranker, a calibrated blend, a tuned
+    exposure weight): such a pipeline needs users held out to tune on."""
+    return stage_class(stage.kind)(stage).tunes
+
+
 # ---- built-in pipelines ----------------------------------------------------------------
 def _builtins() -> dict[str, PipelineConfig]:
     def p(name: str, *stages: Any) -> PipelineConfig:
@@ -176,21 +183,27 @@ def _builtins() -> dict[str, PipelineConfig]:
         p("hybrid", *hybrid),
         p("hybrid-weighted", *hybrid[:3], FusionConfig(method="weighted")),
         cold_start_ltr(),
+        cold_start_ltr(exposure=True),
     ]  # fmt: skip
     return {c.name: c for c in out}
 
 
-def cold_start_ltr() -> PipelineConfig:
-    """``ltr``: the best measured cold-start pipeline (configs/cold-start-stacked.toml).
+def cold_start_ltr(exposure: bool = False) -> PipelineConfig:
+    """``ltr``: the best measured cold-start ranker (configs/cold-start-stacked.toml).
 
     Four pools (ALS, item-kNN, content, popularity) fused by RRF, then LambdaRank over the
     top 100, trained on cold-start lists simulated from training users (histories of 3–10
-    items); validation users pick the grid point and the number of trees."""
+    items); validation users pick the grid point and the number of trees. ``ltr+exposure``
+    adds the popularity penalty whose weight validation users pick (at most .005 NDCG@10
+    given up on them): the row that meets every cold-start target, the served default."""
     pools = [CFConfig(model="als"), CFConfig(model="itemknn"), ContentConfig(),
              PopularityConfig(), FusionConfig(method="rrf")]  # fmt: skip
     ltr = LTRConfig(top_n=100, features=["pools", "item", "history", "liked"], patience=100,
                     lists=ListsConfig(cuts=[3, 4, 5, 6, 7, 10], folds=4),
                     search={"num_leaves": [7, 15], "min_child_samples": [50, 100]})  # fmt: skip
+    if exposure:
+        return PipelineConfig(name="ltr+exposure", stages=[*pools, ltr, ExposureConfig()],
+                              pool_size=200)  # fmt: skip
     return PipelineConfig(name="ltr", stages=[*pools, ltr], pool_size=200)
 
 

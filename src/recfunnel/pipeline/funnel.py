@@ -57,8 +57,8 @@ def calibration_set(valid: EvalSet | None, users: int | None, seed: int) -> Eval
     """The validation users a stage may learn from (a seeded sample of ``users``)."""
     if valid is None or len(valid) == 0:
         raise ConfigError(
-            "rank and rerank.calibration need validation users: "
-            "set protocol.n_valid > 0 (cold-start)"
+            "stages that learn from validation users (ltr, a rerank calibration, exposure) "
+            "need them: set protocol.n_valid > 0 (cold-start)"
         )
     if users is None or users >= len(valid):
         return valid

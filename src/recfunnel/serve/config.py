@@ -19,6 +19,7 @@ from recfunnel.pipeline.config import (
     RoutedPipelineConfig,
     builtin_any,
     builtin_pipeline,
+    learns_on_validation,
     pipelines_of,
 )
 
@@ -52,10 +53,13 @@ class ChatConfig(Strict):
 
 
 def default_pipeline() -> RoutedPipelineConfig:
-    """The learned cold-start ranker (`ltr`) up to 200 history items, or free text; ALS
-    above. The routing study found `ltr` best in every history bucket it measured (0–200
-    items) and its router chose 200 on both seeds; longer histories were not measured."""
-    route = RouteConfig(cold=builtin_pipeline("ltr"), warm=builtin_pipeline("cf"), threshold=200)
+    """The learned cold-start ranker with its tuned exposure step (`ltr+exposure`) up to 200
+    history items, or free text; ALS above. The routing study found `ltr` best in every
+    history bucket it measured (0–200 items) and its router chose 200 on both seeds; longer
+    histories were not measured. The exposure step is the cold-start table's row that meets
+    every target (accuracy and unique items shown)."""
+    route = RouteConfig(cold=builtin_pipeline("ltr+exposure"), warm=builtin_pipeline("cf"),
+                        threshold=200)  # fmt: skip
     return RoutedPipelineConfig(name="routed", route=route)
 
 
@@ -165,13 +169,13 @@ class ServeConfig(Strict):
             self.pipeline.resolve({}, "pipeline.route")
         for p in pipelines_of(self.pipeline):
             for i, s in enumerate(p.stages):
-                if s.kind == "ltr" and self.tune_users == 0:
-                    raise ValueError(
-                        f"pipeline {p.name!r}: stages.{i}: a learned ranker needs validation "
-                        "users: set tune_users > 0, or serve a pipeline without `ltr`"
-                    )
                 if getattr(s, "calibration", None) is not None:
                     raise ValueError(
                         f"pipeline {p.name!r}: stages.{i}: set blend instead of calibration"
+                    )
+                if learns_on_validation(s) and self.tune_users == 0:
+                    raise ValueError(
+                        f"pipeline {p.name!r}: stages.{i} ({s.kind}) learns on validation "
+                        "users: set tune_users > 0, or serve a pipeline without it"
                     )
         return self

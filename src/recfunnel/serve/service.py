@@ -33,7 +33,7 @@ from recfunnel.data.load import load_dataset
 from recfunnel.data.splits import make_split, ordered_events
 from recfunnel.llm.base import LLM, LLMUnavailable, Usage
 from recfunnel.pipeline import Pipeline, Shared, build_pipeline
-from recfunnel.pipeline.config import llm_configs, pipelines_of
+from recfunnel.pipeline.config import learns_on_validation, llm_configs, pipelines_of
 from recfunnel.serve.config import ServeConfig
 from recfunnel.serve.metrics import Metrics
 from recfunnel.stages.base import FitContext, Trace
@@ -132,7 +132,7 @@ class Service:
         ``tune_users`` users held out as cold-start validation users, then tuned on them
         (its early stopping and grid need users it did not learn from)."""
         c, data = self.config, self.data
-        learned = any(s.kind == "ltr" for p in pipelines_of(c.pipeline) for s in p.stages)
+        learned = any(learns_on_validation(s) for p in pipelines_of(c.pipeline) for s in p.stages)
         if not learned:
             return pipeline.fit(data.interactions, data.catalog)
         split = make_split(data, "cold-start", c.seed, n_users=0, history=c.tune_history,

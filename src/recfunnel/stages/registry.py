@@ -51,6 +51,7 @@ REGISTRY: dict[str, Entry] = {
         Entry("mmr", "rerank.aspects:AspectReranker", None, "maximal marginal relevance"),
         Entry("dpp", "rerank.aspects:AspectReranker", None, "determinantal point process"),
         Entry("fair", "rerank.aspects:AspectReranker", None, "fair exposure of two groups"),
+        Entry("exposure", "rerank.exposure:ExposureReranker", None, "popularity penalty, tuned"),
         Entry("llm-features", "rerank.features:LLMFeatures", None, "LLM scores as features"),
         # explain
         Entry("explain", "explain.grounded:Explainer", None, "grounded one-sentence reasons"),

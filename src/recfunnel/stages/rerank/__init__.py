@@ -1,2 +1,3 @@
 """Reranking stages: LLM listwise/pointwise methods, the goal-driven graph walker, LLM
-feature stages for a learned ranker, and classical aspect rerankers (MMR, DPP, fair)."""
+feature stages for a learned ranker, classical aspect rerankers (MMR, DPP, fair) and an
+exposure-aware popularity penalty."""
