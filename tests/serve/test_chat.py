@@ -154,3 +154,24 @@ def test_a_down_llm_leaves_the_decision_to_the_rules(movielens):
         )
     finally:
         svc.close()
+
+
+def test_eval_chat_waits_for_every_answer_whatever_the_budget(movielens):
+    """The table measures the policies, not the machine's speed: with a served budget far
+    below the LLM's latency, the simulation still gets every answer (no fallback)."""
+    import time
+
+    from recfunnel.serve.config import ServeConfig
+    from scripted import ScriptedLLM
+    from serving import LLM_PATH, reverse_order
+
+    def slow(prompt, options):
+        time.sleep(0.02)
+        return reverse_order(prompt, options)
+
+    out = eval_chat(ServeConfig(rate_limit=None, budget_ms=1, pipeline=LLM_PATH), users=3,
+                    turns=4, policies=["llm"], dataset=movielens,
+                    llm=ScriptedLLM(logprobs=slow))  # fmt: skip
+    row = out["policies"]["llm"]
+    assert row["fallback_rate"] == 0.0 and row["llm_decided_rate"] > 0.5
+    assert out["budget_ms"] is None

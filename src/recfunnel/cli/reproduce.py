@@ -51,7 +51,10 @@ TRAINED = (
     "the training run is seeded, but LoRA training on CPU is not bit-exact across "
     "torch builds: a rerun lands within about .005 NDCG@10"
 )
-SPEED = "speeds vary by a few per cent between quiet runs; the script prints the machine's load"
+SPEED = (
+    "speeds vary by up to ~10% between quiet runs on different days (the virtual machine, "
+    "not the code: ratios between rows hold); the script prints the machine and its load"
+)
 DIAG = "diagnose"
 TOP = ["hr@10", "ndcg@10", "recall@200", "unique@10", "gini@10"]
 """The columns an eval table prints: accuracy, pool recall, exposure."""
@@ -114,7 +117,7 @@ ENTRIES: list[Entry] = [
         "llm-features-cost", "What the LLM feature stage costs per user, by back-end",
         "Results: what the LLM features cost",
         ["python benchmarks/llm_features_cost.py --users 20 --json out/llm-features-cost.json"],
-        "out/llm-features-cost.json", "json", SPEED, "12 min", speed=True,
+        "out/llm-features-cost.json", "json", SPEED, "5 min", speed=True,
     ),
     Entry(
         "diagnosis", "Cold-start diagnosis: the naive funnel's failure, stage by stage",
@@ -133,7 +136,7 @@ ENTRIES: list[Entry] = [
         "llamarec", "LlamaRec's protocol: sequential retrieval, a learned ranker, the LLM",
         "Results: LlamaRec's protocol",
         ["recfunnel eval --config configs/llamarec.toml --json out/llamarec.json --quiet"],
-        "out/llamarec.json", "eval", SAME, "20 min",
+        "out/llamarec.json", "eval", SAME, "40 min from an empty answer cache, 15 min cached",
     ),
     Entry(
         "aspects-classical", "Diversity and fairness rerankers (LLM4Rerank's protocol)",
@@ -188,14 +191,14 @@ ENTRIES: list[Entry] = [
         "Results: simulated conversations",
         ["recfunnel eval-chat --config configs/serve-llm.toml --users 50 --seeds 3 --turns 6 "
          "--json out/eval-chat.json"],
-        "out/eval-chat.json", "json", SAME, "30 min from an empty answer cache",
+        "out/eval-chat.json", "json", SAME, "15 min from an empty answer cache",
     ),
     Entry(
         "enrich", "The LLM as enhancer: item descriptions",
         "Results: the LLM as enhancer",
         ["recfunnel enrich --dataset ml-latest-small --limit 1000",
          "python benchmarks/enrich_quality.py --limit 1000 --seeds 3 --json out/enrich.json"],
-        "out/enrich.json", "json", SAME, "40 min from an empty answer cache",
+        "out/enrich.json", "json", SAME, "20 min from an empty answer cache",
     ),
 ]  # fmt: skip
 

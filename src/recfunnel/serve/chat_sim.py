@@ -159,6 +159,10 @@ def summarise(sessions: Sequence[Session], catalog: Catalog) -> dict[str, Any]:
     }
 
 
+NO_BUDGET_MS = 3_600_000.0
+"""The simulation's latency budget: an hour, i.e. none — it waits for every answer."""
+
+
 def eval_chat(
     config: ServeConfig,
     *,
@@ -174,10 +178,14 @@ def eval_chat(
     """Every policy on the same simulated users (cold-start test users of each seed).
 
     ``truth_items``: a user accepts only its next N relevant items in time order (its
-    whole held-out set, often 100+ popular films, makes almost any list a hit)."""
+    whole held-out set, often 100+ popular films, makes almost any list a hit). The
+    service waits for every LLM answer (no latency budget): the table measures the
+    policies, and a budget would make it depend on the machine's speed and on which
+    answers happen to be cached."""
     data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
     out: dict[str, Any] = {"users": users, "turns": turns, "seeds": list(seeds),
-                           "truth_items": truth_items, "policies": {}}  # fmt: skip
+                           "truth_items": truth_items, "budget_ms": None,
+                           "policies": {}}  # fmt: skip
     per: dict[str, list[Session]] = {p: [] for p in policies}
     t0 = time.perf_counter()
     for seed in seeds:
@@ -185,7 +193,7 @@ def eval_chat(
         events = ordered_events(data.interactions, seed, data.timestamps_real)
         seq = {int(u): g.to_numpy() for u, g in events.groupby("user")["item"]}  # type: ignore[arg-type]
         train = dataclasses.replace(data, interactions=split.train)
-        cfg = config.model_copy(update={"seed": seed, "warmup": False})
+        cfg = config.model_copy(update={"seed": seed, "warmup": False, "budget_ms": NO_BUDGET_MS})
         service = Service(cfg, dataset=train, llm=llm)
         for policy in policies:
             agent = ChatAgent(service, decide=policy)
