@@ -123,7 +123,7 @@ ENTRIES: list[Entry] = [
         "diagnosis", "Cold-start diagnosis: the naive funnel's failure, stage by stage",
         "Results: cold-start diagnosis",
         ["recfunnel diagnose --config configs/diagnose-cold-start.toml --out out/diagnosis"],
-        "out/diagnosis/diagnosis.json", DIAG, SAME, "55 min from an empty answer cache",
+        "out/diagnosis/diagnosis.json", DIAG, SAME, "50 min from an empty answer cache",
     ),
     Entry(
         "routing", "Where the LLM helps, by history length",
