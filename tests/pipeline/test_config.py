@@ -114,6 +114,8 @@ def test_the_old_pipeline_shape_is_refused_with_directions():
         ({"pipelines": ["popularity"], "protocol": {"name": "cold-start", "histroy": 3}},
          "protocol.cold-start.histroy"),
         ({"pipelines": ["popularity"], "metrics": ["ndcg@ten"]}, "metrics"),
+        ({"pipelines": [{"name": "r", "route": {"cold": "popularity", "warm": "cf",
+                                                "metric": "ndcg@ten"}}]}, "route.metric"),
         ({"pipelines": ["popularity"], "seeds": 0}, "seeds"),
         ({"pipelines": ["popularity"], "datset": "x"}, "datset"),
         ({"pipelines": []}, "pipelines"),

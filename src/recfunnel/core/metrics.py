@@ -14,8 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
+from pydantic import AfterValidator
 
 from recfunnel.core.errors import ConfigError
 from recfunnel.core.types import PAD, row_member, truth_matrix
@@ -243,6 +245,18 @@ def parse_metric(name: str) -> tuple[str, int]:
     if k < 1:
         raise ConfigError(f"metric {name!r}: K must be >= 1")
     return m.group(1), k
+
+
+def _checked(name: str) -> str:
+    try:
+        parse_metric(name)
+    except ConfigError as exc:  # pydantic reports a ValueError under the field's name
+        raise ValueError(str(exc)) from None
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_checked)]
+"""A metric name in a config (``ndcg@10``), checked when the config is read."""
 
 
 def depth_needed(names: Sequence[str]) -> int:

@@ -9,8 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, field_validator, model_validator
 
 from recfunnel.core.config import Strict, load_config, parse_config
-from recfunnel.core.errors import ConfigError
-from recfunnel.core.metrics import parse_metric
+from recfunnel.core.metrics import MetricName
 from recfunnel.core.types import Dataset
 from recfunnel.data.load import load_dataset
 from recfunnel.data.splits import ColdStartConfig, ProtocolConfig
@@ -44,7 +43,7 @@ class ExperimentConfig(Strict):
     data_dir: str | None = None
     protocol: ProtocolConfig = Field(default_factory=ColdStartConfig)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    metrics: list[MetricName] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     pipelines: list[AnyPipelineConfig] = Field(min_length=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     rerank_users: Literal["all", "target-in-input"] = "all"
@@ -67,16 +66,6 @@ class ExperimentConfig(Strict):
             if v < 1:
                 raise ValueError("seeds must be >= 1 (a count) or a list of seeds")
             return list(range(v))
-        return v
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, v: list[str]) -> list[str]:
-        for name in v:
-            try:
-                parse_metric(name)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("pipelines", mode="before")

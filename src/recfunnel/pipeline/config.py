@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from recfunnel.core.config import Strict
 from recfunnel.core.errors import ConfigError
+from recfunnel.core.metrics import MetricName
 from recfunnel.stages.base import StageConfig
 from recfunnel.stages.rank.lists import ListsConfig
 from recfunnel.stages.rank.ltr import LTRConfig
@@ -115,7 +116,7 @@ class RouteConfig(Strict):
     thresholds: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 5, 10, 20, 50, 100, 200], min_length=1
     )
-    metric: str = "ndcg@10"
+    metric: MetricName = "ndcg@10"
     query_to_cold: bool = Field(True, description="requests with free text take the cold path")
     users: int | None = Field(200, ge=1, description="validation users for the threshold")
 

@@ -11,11 +11,20 @@ import abc
 from collections.abc import Sequence
 from typing import TypeVar
 
+import numpy as np
+
 from recfunnel.core.candidates import CandidateBatch
 from recfunnel.core.types import Request
 from recfunnel.stages.base import Stage, StageConfig, Trace
 
 C = TypeVar("C", bound=StageConfig)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """``x`` standardised within its list (zeros when it is constant): how rerankers put
+    scores of different scales on one footing before mixing them."""
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 class Reranker(Stage[C]):

@@ -22,10 +22,10 @@ from pydantic import Field, field_validator
 
 from recfunnel.core.candidates import PAD, CandidateBatch, merge_head
 from recfunnel.core.errors import ConfigError
-from recfunnel.core.metrics import depth_needed, evaluate, parse_metric
+from recfunnel.core.metrics import MetricName, depth_needed, evaluate
 from recfunnel.core.types import EvalSet, Request
 from recfunnel.stages.base import FitContext, StageConfig, TuneContext
-from recfunnel.stages.rerank.base import Reranker
+from recfunnel.stages.rerank.base import Reranker, zscore
 
 EXPOSURE = "unique@10"
 """The exposure figure the tuning records beside the accuracy metric."""
@@ -44,7 +44,7 @@ class ExposureConfig(StageConfig):
         default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0],
         min_length=1, description="Weights the tuning tries.",
     )  # fmt: skip
-    metric: str = Field("ndcg@10", description="The accuracy the tuning protects.")
+    metric: MetricName = Field("ndcg@10", description="The accuracy the tuning protects.")
     tolerance: float = Field(
         0.005, ge=0.0,
         description="Largest drop of `metric` below the grid's best the tuning accepts.",
@@ -58,25 +58,13 @@ class ExposureConfig(StageConfig):
             raise ValueError(f"grid weights must be >= 0, got {grid}")
         return sorted(set(grid))
 
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        try:
-            parse_metric(metric)
-        except ConfigError as exc:  # pydantic reports ValueErrors with the field's name
-            raise ValueError(str(exc)) from exc
-        return metric
-
 
 def standardise(scores: np.ndarray) -> np.ndarray:
     """Scores as z-scores within the list; constant or non-finite scores become positions
     (1 at the top, falling by one standard deviation's worth over the list)."""
-    finite = np.isfinite(scores)
-    if finite.all() and len(scores) > 1 and np.std(scores) > 0:
-        return (scores - scores.mean()) / scores.std()
-    n = len(scores)
-    ranks = -np.arange(n, dtype=np.float64)
-    return (ranks - ranks.mean()) / (ranks.std() if n > 1 else 1.0)
+    if np.isfinite(scores).all() and np.std(scores) > 0:
+        return zscore(scores)
+    return zscore(-np.arange(len(scores), dtype=np.float64))
 
 
 class ExposureReranker(Reranker[ExposureConfig]):
@@ -85,9 +73,7 @@ class ExposureReranker(Reranker[ExposureConfig]):
     config_class = ExposureConfig
 
     def fit(self, ctx: FitContext) -> Self:
-        logpop = np.log1p(ctx.train.item_counts().astype(np.float64))
-        sd = logpop.std()
-        self.penalty_ = (logpop - logpop.mean()) / (sd if sd > 0 else 1.0)
+        self.penalty_ = zscore(np.log1p(ctx.train.item_counts().astype(np.float64)))
         return self
 
     @property
