@@ -159,6 +159,22 @@ def test_train_cli_errors_are_clear(tmp_path):
     assert res.exit_code == 2 and "learning_rat" in res.output
 
 
+def test_missing_extra_is_named_with_its_brackets(tmp_path, monkeypatch):
+    """The install hint survives the console: `recfunnel[train]`, not `recfunnel`."""
+    from recfunnel.core.errors import require
+    from recfunnel.train import tune
+
+    def train(*args, **kwargs):
+        require("no_such_module_recfunnel", "train", "recfunnel train")
+
+    monkeypatch.setattr(tune, "train", train)
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('out = "runs/x"\n')
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg)])
+    assert res.exit_code == 2
+    assert "pip install 'recfunnel[train]'" in " ".join(res.output.split())
+
+
 def test_serve_and_eval_chat_cli_errors_are_clear(tmp_path):
     res = CliRunner().invoke(app, ["serve", "--config", str(tmp_path / "nope.toml")])
     assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())

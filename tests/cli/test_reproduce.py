@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,34 @@ def test_entry_commands_name_files_that_exist(entry: rp.Entry) -> None:
             if words[i - 1] == "--config" or w.startswith("benchmarks/"):
                 assert (ROOT / w).is_file(), f"{entry.name}: {w} does not exist"
     assert entry.output.startswith("out/")
+
+
+def adapters(node: object) -> list[str]:
+    """Every `adapter = "..."` value anywhere in a parsed config."""
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k == "adapter" and isinstance(v, str)]
+        return found + [a for v in node.values() for a in adapters(v)]
+    if isinstance(node, list):
+        return [a for v in node for a in adapters(v)]
+    return []
+
+
+@pytest.mark.parametrize("entry", rp.ENTRIES, ids=lambda e: e.name)
+def test_entry_trains_every_adapter_it_reads(entry: rp.Entry) -> None:
+    """An entry must run on a clean clone: each adapter its configs load is trained by an
+    earlier command of the same entry, not left over from another entry's run."""
+    trained: set[str] = set()
+    for command in entry.commands:
+        words = shlex.split(command)
+        if "--config" not in words:
+            continue
+        doc = tomllib.loads((ROOT / words[words.index("--config") + 1]).read_text())
+        if words[1] == "train":
+            trained.add(doc["out"])
+            continue
+        for adapter in adapters(doc):
+            run = str(Path(adapter).parent)
+            assert run in trained, f"{entry.name}: reads {adapter}, no earlier command trains {run}"
 
 
 def test_speed_entry_refuses_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recfunnel.llm.base import LLMConfig
-from recfunnel.llm.hf import HFLLM
+from recfunnel.llm.hf import HFLLM, bf16_is_native
 from recfunnel.train.tune import TrainConfig, make_examples, train
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,11 @@ def test_sft_lowers_the_loss_on_its_batch_and_dpo_follows(trained):
     assert summary["examples"] == 2 and summary["sft"]["steps"] == 4 and len(loss) == 4
     assert loss[-1] < 0.8 * loss[0]
     assert summary["dpo"]["steps"] == 1 and np.isfinite(summary["dpo"]["loss"]).all()
+    # the arithmetic is chosen by the device, not by TRL's bf16 default (~12x slower steps
+    # on a CPU without native bf16), and both trainers ran what train.json says
+    native = bf16_is_native(torch)
+    assert summary["precision"] == ("bfloat16" if native else "float32")
+    assert summary["sft"]["bf16"] is native and summary["dpo"]["bf16"] is native
     cfg_out = Path(cfg.out)
     saved = json.loads((cfg_out / "train.json").read_text())
     assert saved["sft"]["loss"] == loss
@@ -99,6 +105,7 @@ def test_listwise_sft_moves_the_verbalizers_mass_onto_the_positives(tmp_path, sh
     summary = train(cfg)
     loss = summary["sft"]["loss"]
     assert summary["examples"] == 2 and "dpo" not in summary and len(loss) == 4
+    assert summary["sft"]["bf16"] is bf16_is_native(torch)
     assert loss[-1] < 0.8 * loss[0]
     assert not (tmp_path / "lw" / "sft+dpo").exists()
     examples, _ = make_examples(cfg)

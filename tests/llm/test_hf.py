@@ -21,6 +21,7 @@ from recfunnel.core.errors import ConfigError
 from recfunnel.core.fingerprint import model_fingerprint
 from recfunnel.core.paths import CACHE_ENV
 from recfunnel.llm import LLMConfig, build_llm
+from recfunnel.llm import hf as hf_module
 from recfunnel.llm.base import Message
 from recfunnel.llm.hf import HFLLM
 from recfunnel.llm.llamacpp import LlamaCppLLM
@@ -231,6 +232,26 @@ def test_lora_adapter_is_applied(
     after = tuned.option_logprobs(PROMPTS[0], LETTERS).logprobs
     assert np.all(np.isfinite(after))
     assert np.abs(after - before).max() > 1e-3  # random LoRA weights change the answer
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_warns_where_the_cpu_lacks_it(
+    cold: ColdLoad, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    native: bool,
+) -> None:  # fmt: skip
+    """bf16 on an AVX2-only CPU runs a scalar fallback ~50x slower than fp32: say so."""
+    monkeypatch.setattr(hf_module, "bf16_is_native", lambda torch, cuda=False: native)
+    with caplog.at_level(logging.WARNING, logger="recfunnel.llm.hf"):
+        llm = _warm(cold, monkeypatch, dtype="bfloat16")
+    assert llm.model_id.endswith(":bfloat16")
+    assert ("no native bfloat16" in caplog.text) is not native
+
+
+def test_bf16_is_native_matches_torch_on_this_cpu() -> None:
+    import torch
+
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert hf_module.bf16_is_native(torch) is expected
 
 
 def test_build_llm_picks_the_backend(cold: ColdLoad, monkeypatch: pytest.MonkeyPatch) -> None:

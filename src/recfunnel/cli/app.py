@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recfunnel.core import progress
@@ -37,7 +38,8 @@ Offline = Annotated[
 
 
 def fail(exc: RecfunnelError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    # escaped: a message's own brackets ("pip install 'recfunnel[train]'") are not markup
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
     return typer.Exit(2)
 
 

@@ -49,7 +49,9 @@ class Entry:
 SAME = "identical on a rerun: every stage is seeded, the LLM decodes greedily"
 TRAINED = (
     "the training run is seeded, but LoRA training on CPU is not bit-exact across "
-    "torch builds: a rerun lands within about .005 NDCG@10"
+    "torch builds and CPUs (its arithmetic follows the CPU: bf16 mixed precision where "
+    "native, float32 elsewhere; train.json records which): a rerun lands within about "
+    ".005 NDCG@10"
 )
 SPEED = (
     "speeds vary by up to ~10% between quiet runs on different days (the virtual machine, "
@@ -156,12 +158,14 @@ ENTRIES: list[Entry] = [
         "Results: fine-tuned reranker",
         ["recfunnel train --config configs/train-reranker.toml --lists 32",
          "recfunnel diagnose --config configs/finetuned.toml --out out/finetuned"],
-        "out/finetuned/diagnosis.json", DIAG, TRAINED, "40 min",
+        "out/finetuned/diagnosis.json", DIAG, TRAINED,
+        "55 min (training 30 min in float32 on an AVX2-only CPU)",
     ),
     Entry(
         "finetuned-cold-start", "Fine-tuned reranker for cold-start users",
         "Results: fine-tuned reranker for cold-start users",
         ["recfunnel train --config configs/train-cold-start.toml",
+         "recfunnel train --config configs/train-cold-start-listwise.toml",
          "recfunnel diagnose --config configs/finetuned-cold-start.toml "
          "--out out/finetuned-cold-start"],
         "out/finetuned-cold-start/diagnosis.json", DIAG, TRAINED, "60 min",

@@ -48,6 +48,18 @@ def _import_torch() -> tuple[Any, Any]:
     return torch, tf
 
 
+def bf16_is_native(torch: Any, cuda: bool = False) -> bool:
+    """Whether bfloat16 matrix products run fast here: on a CUDA device with bf16, or on a
+    CPU oneDNN accelerates (AVX-512 and up). Elsewhere (an AVX2-only CPU) torch falls back
+    to a scalar kernel ~50x slower than float32, so bf16 there costs time and buys nothing."""
+    if cuda:
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _gguf_bar_follows_progress() -> None:
     """transformers' GGUF loader calls tqdm directly (no switch): hand it ours, which is
     quiet off a terminal and under --quiet."""
@@ -87,6 +99,13 @@ class HFLLM(TemplatedLLM):
             model, adapter_fp = self._apply_adapter(model, config.adapter)
             self._id += f":{adapter_fp}"
         if config.dtype != "float32":
+            if not bf16_is_native(torch):
+                log.warning(
+                    "hf dtype %s: this CPU has no native bfloat16 (torch falls back to a "
+                    'scalar kernel, ~50x slower than float32); dtype = "float32" runs '
+                    "faster here",
+                    config.dtype,
+                )
             model = model.to(getattr(torch, config.dtype))
             self._id += f":{config.dtype}"
         if config.prefix_cache:
