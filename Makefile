@@ -7,7 +7,10 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup run diagnose test lint docs test-tools clean
 
-$(BIN)/recfunnel: pyproject.toml
+# The stamp, not bin/recfunnel, marks a finished install: pip writes the entry point before it
+# has installed every dependency, so an interrupted setup would otherwise look done.
+STAMP := $(VENV)/.installed
+$(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first and pinned: an unpinned torch would pull the multi-GB CUDA build
@@ -15,7 +18,7 @@ $(BIN)/recfunnel: pyproject.toml
 	$(BIN)/pip install -q -e ".[embed,llamacpp,hf,train,gemma,serve,ray,dev]"
 	touch $@
 
-setup: $(BIN)/recfunnel
+setup: $(STAMP)
 
 run: setup
 	$(BIN)/recfunnel eval --config configs/cold-start.toml --json out/cold-start.json

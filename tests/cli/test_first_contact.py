@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -95,3 +96,25 @@ def test_the_run_command_fetches_on_first_use_then_never_again(mirror, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert len(mirror.requests) == 2  # nothing downloaded again
     assert "popularity" in second.stdout
+
+
+def test_an_interrupted_setup_is_not_taken_for_a_finished_one(tmp_path):
+    """pip writes bin/recfunnel before every dependency is in; `make setup` must go on
+    installing until its own last step has run, whatever bin/ already holds."""
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "pyproject.toml").write_text("")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "recfunnel").write_text("")  # newer than pyproject.toml, as pip left it
+
+    def planned() -> str:
+        out = subprocess.run(["make", "-n", "setup", f"VENV={venv}"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "pip install" in planned()  # interrupted: the install runs again
+    steps = planned().strip().splitlines()
+    assert steps[-1].startswith("touch ") and steps[-1].endswith(".installed")
+    (venv / ".installed").write_text("")  # what the last step leaves
+    assert "pip install" not in planned()
