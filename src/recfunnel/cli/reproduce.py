@@ -151,7 +151,7 @@ ENTRIES: list[Entry] = [
         "aspects-llm", "The LLM's goal-driven walk (LLM4Rerank's protocol, 30 users)",
         "Results: beyond accuracy",
         ["recfunnel diagnose --config configs/aspects.toml --out out/aspects"],
-        "out/aspects/diagnosis.json", DIAG, SAME, "70 min from an empty answer cache",
+        "out/aspects/diagnosis.json", DIAG, SAME, "100 min from an empty answer cache",
     ),
     Entry(
         "finetuned", "Zero-shot vs SFT vs SFT + DPO (leave-last-out)",
