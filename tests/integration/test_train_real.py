@@ -119,5 +119,8 @@ def test_listwise_sft_moves_the_verbalizers_mass_onto_the_positives(tmp_path, sh
 
     before = np.mean([-np.log(mass(base, e)) for e in examples])
     after = np.mean([-np.log(mass(tuned, e)) for e in examples])
-    assert before == pytest.approx(loss[0], abs=0.02)  # LoRA starts at zero: the base's score
+    # LoRA starts at zero: the first loss is the base's score, exactly in float32; bf16 mixed
+    # precision (where the CPU has it natively) rounds it (1.121 vs 1.144 on a Zen 4 EPYC)
+    tol = 0.05 if summary["sft"]["bf16"] else 1e-3
+    assert before == pytest.approx(loss[0], abs=tol)
     assert after < 0.8 * before
