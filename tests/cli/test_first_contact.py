@@ -108,13 +108,11 @@ def test_an_interrupted_setup_is_not_taken_for_a_finished_one(tmp_path):
     (venv / "bin" / "recfunnel").write_text("")  # newer than pyproject.toml, as pip left it
 
     def planned() -> str:
-        # Run under `make test`, the child make would inherit MAKEFLAGS/MAKELEVEL and
-        # print "Entering/Leaving directory" lines around the plan: start it clean.
+        # Under `make test` the child make would inherit MAKEFLAGS/MAKELEVEL and print
+        # "Entering/Leaving directory" lines around the plan: start it clean.
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-        plan = ["make", "-n", "--no-print-directory", "setup", f"VENV={venv}"]
-        out = subprocess.run(
-            plan, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-        )
+        out = subprocess.run(["make", "-n", "setup", f"VENV={venv}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
         assert out.returncode == 0, out.stderr
         return out.stdout
 
