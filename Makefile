@@ -45,7 +45,7 @@ test-tools:
 	fi
 
 docs: setup
-	$(BIN)/mkdocs build --strict --quiet -d site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
 
 test: lint docs test-tools
 	$(BIN)/python -m pytest -q

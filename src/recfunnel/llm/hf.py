@@ -8,13 +8,15 @@ saved once under ``cache_root()/models/hf/`` and later loads read that folder in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def quiet_library_deprecations() -> Iterator[None]:
+    """peft and TRL still read transformers' deprecated ``is_gradient_checkpointing`` alias:
+    a FutureWarning on every adapter load and training run that no user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 class HFLLM(TemplatedLLM):
@@ -208,7 +221,8 @@ class HFLLM(TemplatedLLM):
     def _apply_adapter(self, model: Any, adapter: str) -> tuple[Any, str]:
         folder = Path(adapter).expanduser()
         peft = require("peft", "hf", "a LoRA adapter")
-        peft_model = peft.PeftModel.from_pretrained(model, str(folder))
+        with quiet_library_deprecations():
+            peft_model = peft.PeftModel.from_pretrained(model, str(folder))
         try:  # merged LoRA weights run as fast as the base model
             merged = peft_model.merge_and_unload()
         except (AttributeError, ValueError, NotImplementedError) as exc:

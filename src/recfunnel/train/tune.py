@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -27,6 +28,7 @@ from recfunnel.core.errors import require
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import LeaveLastOutConfig, ProtocolConfig
 from recfunnel.llm.base import LLMConfig
+from recfunnel.llm.hf import HFLLM, bf16_is_native, quiet_library_deprecations
 from recfunnel.stages.base import FitContext
 from recfunnel.stages.base import StageConfig as AnyStageConfig
 from recfunnel.stages.registry import build_stage, stage_config_type
@@ -240,6 +242,10 @@ def _args(
     **extra: Any,
 ) -> Any:
     """The trainer arguments every stage shares (``cls``: its TrainingArguments class)."""
+    # TRL turns recomputation on by default; on a CPU memory is plenty and it only costs
+    # time. transformers 5.x renamed the switch (the old name warns), 5.0 may lack the new one.
+    new = "activation_checkpointing"
+    off = new if new in {f.name for f in dataclasses.fields(cls)} else "gradient_checkpointing"
     return cls(
         bf16=precision == "bfloat16",
         fp16=False,
@@ -257,8 +263,8 @@ def _args(
         use_cpu=not gpu,
         seed=seed,
         data_seed=seed,
-        gradient_checkpointing=False,  # CPU: memory is plenty, recomputation only costs time
         disable_tqdm=False,
+        **{off: False},
         **extra,
     )
 
@@ -272,11 +278,10 @@ def _losses(history: list[dict[str, Any]], key: str = "loss") -> list[float]:
     return [float(h[key]) for h in history if key in h]
 
 
+@quiet_library_deprecations()
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Build examples, run SFT (then DPO), save the adapters and a summary JSON."""
     datasets, peft, trl = _imports()
-    from recfunnel.llm.hf import HFLLM, bf16_is_native
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
