@@ -21,7 +21,13 @@ end), so what is tested is the stage as a funnel runs it:
 - the stage's figures serialise to strict JSON;
 - the fitted stage pickles (the Ray engine ships it) and answers the same afterwards;
 - a stage the position probe shuffles (``probed``) says where each output item sat in its
-  input (``extras["input_pos"]``), which the diagnosis reads.
+  input (``extras["input_pos"]``, derived by the funnel), which the diagnosis reads;
+- ``fit`` and ``tune`` leave the config unchanged (learned state ends in ``_``);
+- a stage asked before ``fit`` raises :class:`~recfunnel.core.errors.NotFittedError`;
+- a ``head`` stage returns a permutation of its head (the order itself, if it
+  ``keeps_order``);
+- two calls give the same answer and leave the stage unchanged (figures come back in the
+  batch's ``stats``).
 """
 
 from __future__ import annotations
@@ -33,13 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from recfunnel.core.candidates import PAD, CandidateBatch
+from recfunnel.core.candidates import PAD, CandidateBatch, permutes
+from recfunnel.core.errors import NotFittedError
 from recfunnel.core.strict_json import json_safe
 from recfunnel.core.types import Catalog, Interactions, Request, Split
 from recfunnel.llm import LLM, PROCESS_POOL, LLMPool
 from recfunnel.pipeline import Funnel, PipelineConfig, Shared
+from recfunnel.pipeline.funnel import with_seed
 from recfunnel.stages.base import FitContext, Stage, StageConfig, Trace
-from recfunnel.stages.registry import REGISTRY, build_stage, stage_class
+from recfunnel.stages.registry import build_stage, stage_class
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "popularity": {},
@@ -92,6 +100,7 @@ class Harness:
     def __init__(self, config: StageConfig, train: Interactions, catalog: Catalog,
                  split: Split, llm: LLM | None = None, seed: int = 0) -> None:  # fmt: skip
         self.config, self.catalog, self.split, self.llm = config, catalog, split, llm
+        self.seed = seed
         self.funnel = Funnel(harness(config), seed, Shared.with_llm(llm)).fit(train, catalog)
         self.funnel.tune(split)
         self.name = self.funnel.names_[-1]
@@ -196,6 +205,56 @@ def check_probed_input_positions(h: Harness, train: Interactions,
     )  # fmt: skip
 
 
+def check_config_unchanged(h: Harness, train: Interactions,
+                           requests: Sequence[Request]) -> None:  # fmt: skip
+    """``fit`` and ``tune`` leave the config as the user wrote it (the run's seed filled in):
+    what a stage learns lives in attributes ending in ``_`` (scikit-learn's
+    ``check_dont_overwrite_parameters``)."""
+    assert h.stage.config == with_seed(h.config, h.seed), (
+        f"{h.config.kind}: fit/tune rewrote the config: {h.stage.config!r}"
+    )
+
+
+def check_unfitted_raises(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    """A stage asked before ``fit`` raises :class:`NotFittedError`, not whatever attribute
+    happens to be missing (scikit-learn's ``check_estimators_unfitted``)."""
+    trace = h.funnel.run_before(h.name, list(requests), K)
+    try:
+        build_stage(h.stage.config)(list(requests), trace)
+    except NotFittedError:
+        return
+    raise AssertionError(f"{h.config.kind}: an unfitted stage answered instead of raising "
+                         "NotFittedError")  # fmt: skip
+
+
+def check_head_permutes(h: Harness, train: Interactions, requests: Sequence[Request]) -> None:
+    """A ``head`` stage, probed or not, returns exactly the items of its head, reordered
+    (the funnel refuses anything else); called directly, not through the funnel."""
+    if h.stage.mode != "head":
+        return
+    trace = h.funnel.run_before(h.name, list(requests), K)
+    out = h.stage(list(requests), trace)
+    head = trace.head(h.stage.top_n)
+    assert permutes(out.items, head.items).all(), (
+        f"{h.config.kind}: a head stage returned items that are not its head's"
+    )
+    if h.stage.keeps_order:
+        np.testing.assert_array_equal(
+            out.items, head.items, err_msg=f"{h.config.kind}: keeps_order, yet reordered"
+        )
+
+
+def check_call_leaves_stage(h: Harness, train: Interactions,
+                            requests: Sequence[Request]) -> None:  # fmt: skip
+    """Two calls give the same answer and leave the stage as it was: a call's figures come
+    back with its batch (``stats``), never through the stage's attributes."""
+    before = pickle.dumps(h.stage)
+    trace = h.funnel.run_before(h.name, list(requests), K)
+    a, b = h.stage(list(requests), trace), h.stage(list(requests), trace)
+    _same(a, b, f"{h.config.kind}: two calls")
+    assert pickle.dumps(h.stage) == before, f"{h.config.kind}: a call changed the stage"
+
+
 CHECKS: dict[str, Callable[[Harness, Interactions, Sequence[Request]], None]] = {
     "fit_returns_self": check_fit_returns_self,
     "no_history_items": check_no_history_items,
@@ -205,6 +264,10 @@ CHECKS: dict[str, Callable[[Harness, Interactions, Sequence[Request]], None]] = 
     "stats_json": check_stats_json,
     "pickles": check_pickles,
     "probed_input_positions": check_probed_input_positions,
+    "config_unchanged": check_config_unchanged,
+    "unfitted_raises": check_unfitted_raises,
+    "head_permutes": check_head_permutes,
+    "call_leaves_stage": check_call_leaves_stage,
 }
 
 
@@ -214,7 +277,3 @@ def check_stage(config: StageConfig, train: Interactions, catalog: Catalog, spli
     h = Harness(config, train, catalog, split, llm)
     for check in CHECKS.values():
         check(h, train, requests)
-
-
-def registered_kinds() -> list[str]:
-    return list(REGISTRY)

@@ -162,12 +162,12 @@ def test_train_cli_errors_are_clear(tmp_path):
 def test_missing_extra_is_named_with_its_brackets(tmp_path, monkeypatch):
     """The install hint survives the console: `recfunnel[train]`, not `recfunnel`."""
     from recfunnel.core.errors import require
-    from recfunnel.train import tune
+    from recfunnel.train import finetune
 
     def train(*args, **kwargs):
         require("no_such_module_recfunnel", "train", "recfunnel train")
 
-    monkeypatch.setattr(tune, "train", train)
+    monkeypatch.setattr(finetune, "train", train)
     cfg = tmp_path / "train.toml"
     cfg.write_text('out = "runs/x"\n')
     res = CliRunner().invoke(app, ["train", "--config", str(cfg)])

@@ -53,7 +53,7 @@ def test_ml100k_bad_flags(tmp_path: Path, write_ml100k: Callable[[Path], Path]) 
 
 
 def test_ml100k_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DatasetNotFound, match=r"u\.data, u\.item"):
+    with pytest.raises(DatasetNotFound, match=r"u\.data does not exist"):
         load_ml_100k(tmp_path)
 
 

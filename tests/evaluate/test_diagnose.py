@@ -13,7 +13,9 @@ from recfunnel.data import load_dataset
 from recfunnel.data.splits import cold_start
 from recfunnel.evaluate.config import DiagnoseConfig
 from recfunnel.evaluate.config import parse_experiment as parse_config
-from recfunnel.evaluate.diagnose import comparisons, concentration, position_probe
+from recfunnel.evaluate.diagnose import comparisons
+from recfunnel.evaluate.diagnostics import concentration
+from recfunnel.evaluate.probes import position_probe
 from recfunnel.evaluate.runner import ExperimentResult, RunResult
 from recfunnel.pipeline import Funnel, Shared, builtin_pipeline, calibration_set, rows_with_target
 from recfunnel.stages.rerank.llm import Calibration
@@ -75,11 +77,13 @@ def test_calibration_fits_blend_on_validation_users_only(split):
     assert cal["grid"][str(cal["blend"])] == best
     # reversing the hybrid order hurts, so the fitted weight leans on the hybrid rank
     assert cal["blend"] >= 0.5 and cal["grid"]["0.0"] < best
-    assert f.stage("rerank:verbalizer").config.blend == cal["blend"]
-    # the test pass then uses the fitted weight: with blend 1 the hybrid order survives
+    assert f.stage("rerank:verbalizer").blend_ == cal["blend"]
+    # the test pass uses the fitted weight: the same answers as a stage configured with it
     res = f.run(sp.test.requests, 10)
-    if cal["blend"] == 1.0:
-        np.testing.assert_array_equal(res.final.items, res.batches["fuse:rrf"].items[:, :10])
+    fixed = llm_funnel(data, sp, ScriptedLLM(logprobs=reverse_order), blend=cal["blend"])
+    np.testing.assert_array_equal(res.final.items, fixed.run(sp.test.requests, 10).final.items)
+    # and its config is still what was asked for: calibration, the configured blend of 0
+    assert f.stage("rerank:verbalizer").config.blend == 0.0
 
 
 def test_calibration_keeps_a_useful_llm(split):

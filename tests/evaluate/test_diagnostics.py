@@ -8,7 +8,6 @@ from recfunnel.evaluate.diagnostics import (
     cost_per_1000,
     discrimination,
     exposure_stats,
-    lorenz,
     pareto_front,
     position_correlation,
     topk_overlap,
@@ -58,13 +57,6 @@ def test_within_user_centering_removes_per_user_offsets():
     scores = np.array([[1.0, 0.0], [11.0, 10.0]])  # user 2 is just more confident
     assert discrimination(scores, hits).auc == 1.0
     assert discrimination(scores, hits, within_user=False).auc == 0.75
-
-
-def test_lorenz_equal_and_concentrated():
-    x, y = lorenz(np.ones(10))
-    np.testing.assert_allclose(y, x, atol=1e-9)
-    x, y = lorenz(np.array([0, 0, 0, 10]))
-    assert y[50] == 0.0 and y[-1] == 1.0
 
 
 def test_position_correlation():

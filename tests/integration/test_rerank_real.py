@@ -102,7 +102,7 @@ def _permutation_prompts(f, stage, res):
 
     st = f.stage(stage)
     head = res.inputs[stage].items[:, :TOP_N]
-    return [permutation_prompt(st.catalog_, r.history, row.tolist(), st.style, list(range(TOP_N)))
+    return [permutation_prompt(st.catalog_, r.history, row.tolist(), st.style_, list(range(TOP_N)))
             for r, row in zip(res.requests, head, strict=True)]  # fmt: skip
 
 
@@ -161,7 +161,7 @@ def test_goal_graph_walks_on_the_real_model(setup):
         assert sorted(a.tolist()) == sorted(b.tolist())
     st = res.stats["rerank:goal"]
     s = st.figures()
-    traces = f.stage("rerank:goal").traces_
+    traces = st.walks
     assert len(traces) == len(split.test) and all(len(t) >= 1 for t in traces)
     asked = sum(1 for t in traces for step in t if "answer" in step)
     continued = sum(1 for t in traces for step in t if step.get("continued"))
@@ -219,7 +219,7 @@ def verbalizer_features(hybrid_trace, shuffles: int, seed: int):
         (u, int(i)): float(vals[u, j])
         for u in range(len(out.items))
         for j, i in enumerate(out.items[u, :8])
-    }, stage.stats()
+    }, out.stats
 
 
 def test_llm_features_on_the_real_model_shrink_slot_noise_with_shuffles(hybrid_trace):

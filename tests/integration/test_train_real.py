@@ -14,7 +14,8 @@ import torch
 
 from recfunnel.llm.base import LLMConfig
 from recfunnel.llm.hf import HFLLM, bf16_is_native
-from recfunnel.train.tune import TrainConfig, make_examples, train
+from recfunnel.train.config import TrainConfig
+from recfunnel.train.finetune import make_examples, train
 
 pytestmark = pytest.mark.slow
 

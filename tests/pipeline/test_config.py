@@ -10,7 +10,7 @@ from recfunnel.core.config import load_config, parse_config
 from recfunnel.core.errors import ConfigError
 from recfunnel.evaluate.config import DiagnoseConfig, ExperimentConfig, parse_experiment
 from recfunnel.pipeline import BUILTIN_PIPELINES, PipelineConfig, builtin_pipeline
-from recfunnel.train.tune import TrainConfig
+from recfunnel.train.config import TrainConfig
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 
@@ -112,7 +112,7 @@ def test_the_old_pipeline_shape_is_refused_with_directions():
         ({"pipelines": [{"name": "p", "stages": [{"kind": "cf", "factors": 0}]}]}, "factors"),
         ({"pipelines": [{"name": "p", "stages": [{"kind": "magic"}]}]}, "stages.0"),
         ({"pipelines": ["popularity"], "protocol": {"name": "cold-start", "histroy": 3}},
-         "protocol.cold-start.histroy"),
+         "protocol.histroy"),
         ({"pipelines": ["popularity"], "metrics": ["ndcg@ten"]}, "metrics"),
         ({"pipelines": [{"name": "r", "route": {"cold": "popularity", "warm": "cf",
                                                 "metric": "ndcg@ten"}}]}, "route.metric"),

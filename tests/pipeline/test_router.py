@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from recfunnel.core.errors import ConfigError
+from recfunnel.core.metrics import evaluate
 from recfunnel.core.types import Request
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import cold_start
@@ -71,9 +72,32 @@ def test_threshold_chosen_on_validation(setup):
         f.run(split.test.requests[:2], 10)
     f.catalog_ = data.catalog
     info = f.choose_threshold(split.valid)
-    grid = {int(k): v for k, v in info["grid"].items()}
-    assert info["threshold"] == max(grid, key=grid.get) == f.threshold_
+    # the routed NDCG@10 of each threshold, from the two paths' own per-user figures
+    n = data.catalog.n_items
+    pop = Funnel(routed().route.cold).fit(split.train, data.catalog).run(split.valid.requests, 10)
+    cf = Funnel(routed().route.warm).fit(split.train, data.catalog).run(split.valid.requests, 10)
+    a = evaluate(pop.final.items, split.valid.truth, ["ndcg@10"], n).per_user["ndcg@10"]
+    b = evaluate(cf.final.items, split.valid.truth, ["ndcg@10"], n).per_user["ndcg@10"]
+    lengths = np.array([len(r.history) for r in split.valid.requests])
+    for t in (0, 5, 20, 200):
+        want = float(np.where(lengths <= t, a, b).mean())
+        assert info["grid"][str(t)] == pytest.approx(want)
+    assert a.mean() != b.mean()  # the paths differ, so the choice means something
+    best = max(info["grid"].values())
+    assert info["threshold"] == f.threshold_
+    assert info["grid"][str(info["threshold"])] == best
     assert info["n_users"] == len(split.valid)
+
+
+def test_tied_thresholds_take_the_fewest_cold_requests(setup):
+    """Equal paths tie every threshold: the smallest wins whatever order the grid is in."""
+    data, split = setup
+    cfg = parse_config({"pipelines": [{"name": "r", "route": {
+        "cold": "popularity", "warm": "popularity", "thresholds": [200, 0, 5]}}]})  # fmt: skip
+    f = Router(cfg.pipelines[0], seed=0).fit(split.train, data.catalog)
+    info = f.choose_threshold(split.valid)
+    assert len(set(info["grid"].values())) == 1
+    assert info["threshold"] == 0
 
 
 def test_runner_reports_buckets_and_winners(shared_data):

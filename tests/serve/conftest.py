@@ -28,10 +28,10 @@ def service(movielens):
     svc.close()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[str]:
-    """``redis://127.0.0.1:<port>`` of a redis-server of our own (no disk, loopback only).
-    A missing redis-server fails the tests that need it: `make test` installs it."""
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of our own (no disk, loopback only) on a free port, once it answers:
+    its process and ``redis://127.0.0.1:<port>``. A missing redis-server fails the test:
+    `make test` installs it."""
     import redis
 
     exe = shutil.which("redis-server")
@@ -40,26 +40,42 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
             "redis-server is not installed: run `make test-tools` (apt-get install redis-server)"
         )
     port = free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
            "--dir", str(workdir), "--protected-mode", "yes"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}"
-    client = redis.Redis.from_url(url)
-    try:
+    with redis.Redis.from_url(url) as client:
         t0 = time.perf_counter()
         while True:
             try:
                 client.ping()
-                break
+                return proc, url
             except redis.ConnectionError:
                 if proc.poll() is not None or time.perf_counter() - t0 > 15:
+                    proc.kill()
                     pytest.fail(f"redis-server did not start (exit {proc.poll()})")
                 time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """``redis://127.0.0.1:<port>`` of a redis-server shared by the session's tests."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
         yield url
     finally:
-        client.close()
         proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def own_redis(tmp_path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of this test alone (it may stop and resume it)."""
+    proc, url = start_redis(tmp_path)
+    try:
+        yield proc, url
+    finally:
+        proc.kill()  # also ends a stopped one
         proc.wait(timeout=10)
 
 

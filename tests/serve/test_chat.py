@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recfunnel.serve.app import create_app
-from recfunnel.serve.chat import ChatAgent, ChatState, PreferenceParser
+from recfunnel.serve.chat import ChatAgent, ChatState, PreferenceParser, apply
 from recfunnel.serve.chat_sim import SimUser, eval_chat, next_relevant, run_session
 
 
@@ -28,10 +28,15 @@ def test_parser_reads_titles_genres_years_and_negation(service):
     assert up.avoid_genres == ["Horror"] and up.genres == ["Comedy"]
     up = p.parse("I didn't like Titanic", st)
     assert up.disliked == [idx(service, 1721)] and not up.liked
-    p.parse("something from the 90s", st)
+    up = p.parse("something from the 90s", st)
+    assert up.years == {"year_min": 1990, "year_max": 1999}
+    assert (st.year_min, st.year_max) == (None, None)  # parsing never writes the state
+    apply(st, up, str)
     assert (st.year_min, st.year_max) == (1990, 1999)
-    p.parse("newer than 2005", st)
-    assert st.year_min == 2006
+    apply(st, p.parse("newer than 2005", st), str)  # contradicts the 90s' upper bound
+    assert (st.year_min, st.year_max) == (2006, None) and st.dropped == ["years 1990–1999"]
+    apply(st, p.parse("before 2010", st), str)
+    assert (st.year_min, st.year_max) == (2006, 2009)
     up = p.parse("Perfect, thanks! Help me", st)
     assert not up.liked and up.accept  # common words are not the films "Perfect" or "Help!"
     up = p.parse('I liked "Perfect Storm, The (2000)"', st)
@@ -59,7 +64,8 @@ def test_state_machine_ask_then_recommend_then_filter_then_done(agent, service):
     shown = {it.index for it in rec.items}
     assert idx(service, 2571) not in shown  # a liked title is never recommended back
     narrowed = agent.turn("no comedy, and only from the 90s", sid)
-    assert narrowed.action in ("filter", "recommend")
+    assert narrowed.action == "recommend"  # the scripted LLM's pick among filter and others
+    assert len(narrowed.items) == 5
     for it in narrowed.items:
         assert 1990 <= it.year <= 1999 and "Comedy" not in it.genres
         assert it.index not in shown  # no repeats
@@ -87,9 +93,11 @@ def test_rules_policy_asks_twice_then_recommends(service):
 def test_steering_text_never_yields_an_item_outside_the_candidates(agent, attack):
     t = agent.turn("I like sci-fi and I loved The Matrix")
     t = agent.turn(attack, t.session_id)
-    if t.items:
-        assert {it.index for it in t.items} <= t.candidates
+    assert t.action == "recommend" and len(t.items) == 5  # it answered, from the funnel
+    assert {it.index for it in t.items} <= t.candidates and len(t.candidates) > 5
     assert "Totally Made Up" not in t.reply
+    ids = {int(i) for i in agent.service.data.catalog.ids_of([it.index for it in t.items])}
+    assert not ids & {4896, 1, 2, 3}  # none of the ids the text asked for
 
 
 def test_chat_over_http(service):
@@ -132,9 +140,12 @@ def test_eval_chat_summary(movielens):
     for policy in ("llm", "rules"):
         row = out["policies"][policy]
         assert row["sessions"] == 4 and row["hallucination_rate"] == 0.0
-        assert 0.0 <= row["acceptance_rate"] <= 1.0 and row["questions_per_session"] >= 1
-        assert 0.0 <= row["ild_per_session"] <= 1.0
-    assert out["policies"]["rules"]["llm_decided_rate"] == 0.0
+        assert row["questions_per_session"] >= 1 and row["items_shown_per_session"] > 0
+        assert 0.0 < row["ild_per_session"] < 1.0  # several genres were shown
+    # the scripted LLM always picks `recommend`, so it asks less than the rules (two each)
+    rules, llm = out["policies"]["rules"], out["policies"]["llm"]
+    assert rules["questions_per_session"] == 2.0 and llm["questions_per_session"] < 2.0
+    assert rules["llm_decided_rate"] == 0.0 and llm["llm_decided_rate"] > 0.0
 
 
 def test_a_down_llm_leaves_the_decision_to_the_rules(movielens):
@@ -148,7 +159,8 @@ def test_a_down_llm_leaves_the_decision_to_the_rules(movielens):
         t = agent.turn("I like sci-fi")
         llm.down = True
         t = agent.turn('I liked "Alien"', t.session_id)
-        assert t.decided_by == "rules-fallback" and t.action in ("ask", "recommend")
+        assert t.decided_by == "rules-fallback" and t.action == "ask"  # the rules ask twice
+        assert t.asked == "era" and t.items == []
         assert (
             'recfunnel_fallbacks_total{reason="chat-decision"} 1.0' in svc.metrics.render().decode()
         )
@@ -175,3 +187,30 @@ def test_eval_chat_waits_for_every_answer_whatever_the_budget(movielens):
     row = out["policies"]["llm"]
     assert row["fallback_rate"] == 0.0 and row["llm_decided_rate"] > 0.5
     assert out["budget_ms"] is None
+
+
+def test_a_filter_narrows_the_last_pool_without_retrieving(service, monkeypatch):
+    """Issue 32, defect 2: a filter turn used to run retrieval again with only its tool
+    label changed. It now narrows the session's pool from the last retrieval."""
+    agent = ChatAgent(service, decide="rules", k=5)
+    t1 = agent.turn("I like sci-fi, and I loved The Matrix")
+    assert t1.action == "ask" and t1.asked == "era"
+    t2 = agent.turn("from the 90s please", t1.session_id)
+    assert t2.action == "recommend" and len(t2.items) == 5
+    _, st = agent.state(t1.session_id)
+    pool = [int(i) for i, _ in st.pool]
+    calls = []
+    real = service.pipeline.prepare
+    monkeypatch.setattr(service.pipeline, "prepare",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))  # fmt: skip
+    t3 = agent.turn("no comedy and no action", t1.session_id)
+    assert t3.action == "filter" and t3.tools == ["filter"] and calls == []  # no retrieval
+    got = [it.index for it in t3.items]
+    shown = {it.index for it in t2.items}
+    genres, years = service.data.catalog.genre_sets, service.data.catalog.years
+    allowed = [i for i in pool if i not in shown and not genres[i] & {"Comedy", "Action"}
+               and 1990 <= years[i] <= 1999]  # fmt: skip
+    scifi_first = [i for i in allowed if "Sci-Fi" in genres[i]] + [
+        i for i in allowed if "Sci-Fi" not in genres[i]]  # fmt: skip
+    assert len(allowed) >= 5 and got == scifi_first[:5]
+    assert set(got) <= t3.candidates == set(pool)

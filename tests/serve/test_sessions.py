@@ -48,9 +48,42 @@ def test_a_client_evicts_only_its_own_oldest_and_the_total_is_capped(store_of):
     assert live == flood[-5:] and len(store) == 6
     for n in range(24):  # 6 live + 24 clients' sessions: every slot taken
         store.create(f"addr:client-{n}")
-    with pytest.raises(ChatFull):
-        store.create("addr:late")  # refused: nobody else's session is pushed out
+    late = store.create("addr:late")  # the flood's idlest goes, nobody else's
+    assert [s for s in flood if store.load(s, "addr:flood") is not None] == flood[-4:]
     assert store.load(victim, "addr:victim") == {"turn": 3} and len(store) == 30
+    assert store.load(late, "addr:late") is not None
+
+
+def test_a_few_dozen_clients_cannot_fill_the_store(store_of):
+    """Issue 34, item 2: 49 clients with 20 sessions each filled all 1000 slots and every
+    new client got 503. Now a full store evicts the idlest session of the clients holding
+    the most, so each newcomer gets a slot and a client keeps at most its share."""
+    store = store_of(ChatConfig(sessions=100, sessions_per_client=20))
+    for c in range(5):
+        for _ in range(20):
+            store.create(f"addr:flood-{c}")
+    newcomers = [store.create(f"addr:new-{n}") for n in range(40)]
+    assert all(store.load(s, f"addr:new-{n}") is not None for n, s in enumerate(newcomers))
+    assert len(store) == 100  # the five flooders keep 12 each: 60 + 40
+
+
+def test_a_store_full_of_single_sessions_refuses_with_its_own_retry_after(store_of):
+    store = store_of(ChatConfig(sessions=3, sessions_per_client=5, ttl_s=100, ttl_first_s=40))
+    for n in range(3):
+        store.create(f"addr:{n}")
+    with pytest.raises(ChatFull) as full:
+        store.create("addr:late")  # each client holds one: nobody's only chat is pushed out
+    assert 39 <= full.value.retry_after <= 40  # the first one-turn session's expiry
+
+
+def test_one_turn_sessions_expire_sooner(store_of):
+    store = store_of(ChatConfig(ttl_s=30, ttl_first_s=1.0))
+    once = store.create("addr:a")
+    twice = store.create("addr:a")
+    assert store.load(twice, "addr:a") is not None  # a second turn: the long timeout
+    time.sleep(1.3)
+    assert store.load(once, "addr:a") is None and store.load(twice, "addr:a") is not None
+    assert len(store) == 1
 
 
 def test_idle_sessions_expire(store_of):
@@ -117,7 +150,8 @@ def test_when_every_slot_is_taken_a_new_chat_is_refused_not_someone_elses(moviel
         c = TestClient(app, client=(f"10.0.0.{n}", 5000))
         live.append((c, c.post("/chat", json={"message": "hi"}).json()["session_id"]))
     late = TestClient(app, client=("10.0.0.3", 5000)).post("/chat", json={"message": "hi"})
-    assert late.status_code == 503 and late.headers["retry-after"] == "60"
+    assert late.status_code == 503  # the first one-turn session expires in ttl_first_s
+    assert 290 <= int(late.headers["retry-after"]) <= 300
     assert "every chat session slot is in use" in late.json()["detail"]
     for c, sid in live:  # both conversations go on
         assert c.post("/chat", json={"message": "comedy", "session_id": sid}).status_code == 200

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from recfunnel.core.errors import ConfigError
+from recfunnel.core.titles import TitleIndex
 from recfunnel.core.types import Request
 from recfunnel.data import load_dataset
 from recfunnel.data.splits import cold_start, leave_last_out
 from recfunnel.stages.base import FitContext
-from recfunnel.stages.explain.grounded import TitleIndex, grounding_errors
+from recfunnel.stages.explain.grounded import grounding_errors
 from recfunnel.stages.retrieve.cf import CFConfig, CFRetriever
 from recfunnel.stages.retrieve.popularity import PopularityConfig, PopularityRetriever
 from recfunnel.stages.text import PromptStyle
@@ -61,9 +62,16 @@ def test_target_listed_once_and_shuffles_differ(built):
 def test_answers_are_grounded_and_pairs_oppose_position_bias(built):
     data, _, ex = built
     index = TitleIndex(data.catalog)
+    sets = data.catalog.genre_sets
     for e in ex:
         reason = e.chosen.split("\n", 1)[1]
-        assert not grounding_errors(reason, index, e.history, e.candidates)
+        # the chosen reason is the explain stage's template: it names a liked title only
+        # when that title shares a genre with the target, and every genre it calls shared
+        # is the target's and the named titles' (a popularity reason otherwise)
+        shares = any(sets[e.target] & sets[int(h)] for h in e.history)
+        assert reason.startswith("Because you liked") == shares, reason
+        assert not grounding_errors(reason, index, e.history, e.candidates,
+                                    require_history=shares, item=e.target), reason  # fmt: skip
         if e.rejected_kind == "position":
             assert e.target != e.candidates[0] and e.rejected.startswith(f"{e.labels[0]}\n")
         else:
@@ -195,7 +203,8 @@ def test_several_history_cuts_give_one_list_per_cut(cold):
 def test_make_examples_holds_out_every_evaluation_seed(shared_data):
     """`recfunnel train` with the cold-start protocol: no list from a user that any of the
     evaluation seeds tests (each seed draws other test users)."""
-    from recfunnel.train.tune import TrainConfig, make_examples
+    from recfunnel.train.config import TrainConfig
+    from recfunnel.train.finetune import make_examples
 
     cfg = TrainConfig.model_validate({
         "data_dir": str(shared_data), "eval_seeds": [0, 1, 2],

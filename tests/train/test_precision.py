@@ -8,7 +8,8 @@ import pytest
 
 from recfunnel.core.config import load_config
 from recfunnel.core.errors import ConfigError
-from recfunnel.train.tune import TrainConfig, training_precision
+from recfunnel.train.args import training_precision
+from recfunnel.train.config import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_precision_follows_the_device_unless_asked(asked: str, native: bool, run
 def test_bf16_asked_on_a_device_without_it_runs_but_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="recfunnel.train.tune"):
+    with caplog.at_level(logging.WARNING, logger="recfunnel.train.args"):
         assert training_precision("bfloat16", False) == "bfloat16"
     assert "without native bf16" in caplog.text
 

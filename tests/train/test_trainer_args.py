@@ -9,20 +9,21 @@ import pytest
 import transformers
 import trl
 
-from recfunnel.train.tune import DPOStageConfig, StageConfig, _args
+from recfunnel.train.args import trainer_args as _args
+from recfunnel.train.config import DPOStepConfig, StepConfig
 
 
 @pytest.mark.parametrize(
     ("cls", "stage"),
     [
-        (trl.SFTConfig, StageConfig()),
-        (trl.DPOConfig, DPOStageConfig()),
-        (transformers.TrainingArguments, StageConfig(objective="listwise")),
+        (trl.SFTConfig, StepConfig()),
+        (trl.DPOConfig, DPOStepConfig()),
+        (transformers.TrainingArguments, StepConfig(objective="listwise")),
     ],
 )
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_checkpointing_is_off_without_a_deprecation_warning(
-    cls: type, stage: StageConfig, precision: str, tmp_path: Path
+    cls: type, stage: StepConfig, precision: str, tmp_path: Path
 ) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -11,7 +11,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,14 +60,13 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with ``--quiet``/``--verbose`` added and recfunnel's errors turned into one
     message and exit status 2."""
     sig = inspect.signature(fn)
-    wants_quiet = "quiet" in sig.parameters
+    wants = {"quiet", "verbose"} & set(sig.parameters)
 
     @functools.wraps(fn)
     def command(*args: Any, quiet: bool = False, verbose: bool = False, offline: bool = False,
                 **kwargs: Any) -> Any:  # fmt: skip
         setup_output(quiet, verbose, offline)
-        if wants_quiet:
-            kwargs["quiet"] = quiet
+        kwargs.update({k: v for k, v in (("quiet", quiet), ("verbose", verbose)) if k in wants})
         try:
             return fn(*args, **kwargs)
         except RecfunnelError as exc:
@@ -90,13 +89,51 @@ class App(typer.Typer):
         return lambda fn: register(_common(fn))
 
 
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = App(
     help="recfunnel: retrieval → ranker → LLM, every stage measured.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
-data_app = App(help="List, inspect and download datasets.", no_args_is_help=True)
+data_app = App(help="List, inspect and download datasets.", no_args_is_help=True,
+               context_settings=HELP)  # fmt: skip
 app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from recfunnel.core import __version__
+
+        typer.echo(f"recfunnel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print recfunnel's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """recfunnel: retrieval → ranker → LLM, every stage measured."""
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A config TOML as a dict; a folder given as the file is named as one."""
+    from recfunnel.core.config import read_toml
+    from recfunnel.core.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder, not a TOML file: give the file itself "
+                          f"(e.g. {path / 'cold-start.toml'})")  # fmt: skip
+    return read_toml(path)
 
 
 def csv(value: str | None) -> list[str] | None:
@@ -108,18 +145,42 @@ def table_console(json_to_stdout: bool = False) -> Console:
     return Console(stderr=json_to_stdout, width=None if sys.stdout.isatty() else 220)
 
 
-def metrics_table(result: Any, metrics: list[str]) -> Table:
-    table = Table(title=f"{result.dataset} · {result.protocol} · seeds {result.seeds}")
+def metrics_table(result: Any, metrics: list[str], fallbacks: Sequence[Any] = ()) -> Table:
+    """Means ± std over seeds; a row whose LLM stage fell back is marked with "!" and its
+    fallback and invalid rates (``fallbacks``: :func:`recfunnel.cli.fallback.llm_fallbacks`)."""
+    table = Table(title=f"{result.dataset} · {result.protocol} · seeds {result.seeds} · "
+                        f"{users_per_seed(result)}")  # fmt: skip
     table.add_column("pipeline", style="bold")
     for m in metrics:
         table.add_column(m, justify="right")
+    fell: dict[str, list[str]] = {}
+    for f in fallbacks:
+        fell.setdefault(f.pipeline, []).append(
+            f"{f.stage}: fallback {f.fallback_rate:.2f}, invalid {f.invalid_rate:.2f}"
+        )
+    if fell:
+        table.add_column("LLM stage fell back", style="yellow")
+        table.caption = "! an LLM stage fell back to its input order on some rows"
     for name, stats in result.summary().items():
         cells = []
         for m in metrics:
             mean, std = stats[m]
             cells.append(f"{mean:.0f}±{std:.0f}" if mean >= 100 else f"{mean:.3f}±{std:.3f}")
-        table.add_row(name, *cells)
+        if fell:
+            cells.append("; ".join(fell.get(name, [])))
+        table.add_row(f"{name} !" if name in fell else name, *cells)
     return table
+
+
+def users_per_seed(result: Any) -> str:
+    """How many test users each seed had (the table's means are over these)."""
+    per_seed: dict[int, int] = {}
+    for r in result.results:
+        per_seed.setdefault(r.seed, r.n_users)
+    counts = set(per_seed.values())
+    if len(counts) == 1:
+        return f"{counts.pop()} test users per seed"
+    return "test users " + ", ".join(f"{n} (seed {s})" for s, n in per_seed.items())
 
 
 def write_json(payload: Any, path: str, quiet: bool) -> None:

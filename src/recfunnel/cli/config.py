@@ -5,8 +5,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from recfunnel.cli.app import app
-from recfunnel.core.config import parse_config, read_toml, to_toml
+from recfunnel.cli.app import app, read_config
+from recfunnel.core.config import parse_config, to_toml
 
 Kind = Literal["eval", "diagnose", "serve", "train"]
 
@@ -36,7 +36,7 @@ def config_class(kind: Kind) -> Any:
         from recfunnel.serve.config import ServeConfig
 
         return ServeConfig
-    from recfunnel.train.tune import TrainConfig
+    from recfunnel.train.config import TrainConfig
 
     return TrainConfig
 
@@ -59,6 +59,6 @@ def config_cmd(
     if kind not in ("auto", "eval", "diagnose", "serve", "train"):
         raise typer.BadParameter(f"--kind must be auto, eval, diagnose, serve or train, "
                                  f"not {kind!r}")  # fmt: skip
-    raw = read_toml(path)
+    raw = read_config(path)
     cls = config_class(guess_kind(raw) if kind == "auto" else kind)  # type: ignore[arg-type]
     typer.echo(to_toml(parse_config(raw, cls, str(path))), nl=False)

@@ -52,7 +52,8 @@ def diagnose_cmd(
 ) -> None:
     """Diagnose every stage (coverage, exposure, discrimination, position bias, validity,
     cost), test each pipeline against the baseline, sweep the pool size; write a report.
-    ``--pipelines`` keeps only the named pipelines of the file (and the baseline)."""
+
+    With --pipelines, only the named pipelines of the file run (and the baseline)."""
     from recfunnel.evaluate.config import DiagnoseConfig
 
     json_path = out / "diagnosis.json"

@@ -66,6 +66,9 @@ def serve_cmd(
     need_serve()
     cfg = serve_config(config, data_dir, budget_ms=budget_ms, rate_limit=rate_limit,
                        storage=storage)  # fmt: skip
+    from recfunnel.serve.access import Keys
+
+    Keys.of(cfg)  # an empty key setting is refused before minutes of fitting
     if workers > 1:
         return serve_workers(cfg, host, port, workers)
     import uvicorn
@@ -77,12 +80,21 @@ def serve_cmd(
         service = Service(cfg)
     console.print(f"serving {cfg.pipeline.name} on {cfg.dataset} at http://{host}:{port}/ "
                   f"(fitted in {service.fit_seconds:.1f} s)")  # fmt: skip
-    uvicorn.run(create_app(service), host=host, port=port, **UVICORN)
+    uvicorn.run(create_app(service), host=host, port=port, **uvicorn_options(cfg))
 
 
 UVICORN: dict[str, Any] = {"log_level": "warning", "access_log": False, "proxy_headers": False}
 """uvicorn's own proxy-header handling is off: it believes X-Forwarded-For from loopback;
 the app believes it only from the config's ``trusted_proxies``."""
+
+
+def uvicorn_options(cfg: Any) -> dict[str, Any]:
+    """:data:`UVICORN`, the connection limit (503 past it) and the request-head deadline
+    (through the environment, so every worker reads it)."""
+    from recfunnel.serve.http import HEADER_TIMEOUT_ENV, HeaderDeadline
+
+    os.environ[HEADER_TIMEOUT_ENV] = str(cfg.header_timeout_s)
+    return {**UVICORN, "limit_concurrency": cfg.max_connections, "http": HeaderDeadline}
 
 
 def serve_workers(cfg: Any, host: str, port: int, workers: int) -> None:
@@ -105,7 +117,7 @@ def serve_workers(cfg: Any, host: str, port: int, workers: int) -> None:
         console.print(f"serving {cfg.pipeline.name} on {cfg.dataset} at http://{host}:{port}/ "
                       f"with {workers} workers (each fits the pipeline first)")  # fmt: skip
         uvicorn.run("recfunnel.serve.app:app_from_env", factory=True, workers=workers,
-                    host=host, port=port, **UVICORN)  # fmt: skip
+                    host=host, port=port, **uvicorn_options(cfg))  # fmt: skip
 
 
 @app.command("eval-chat")

@@ -22,10 +22,12 @@ def train_cmd(
 ) -> None:
     """Fine-tune the verbalizer reranker: SFT then DPO on LoRA adapters (TRL + PEFT) over
     shuffled training lists; writes <out>/sft, <out>/sft+dpo and <out>/train.json."""
-    from recfunnel.core.config import load_config
-    from recfunnel.train.tune import TrainConfig, train
+    from recfunnel.cli.app import read_config
+    from recfunnel.core.config import parse_config
+    from recfunnel.train.config import TrainConfig
+    from recfunnel.train.finetune import train
 
-    cfg = load_config(config, TrainConfig)
+    cfg = parse_config(read_config(config), TrainConfig, str(config))
     update: dict[str, Any] = {}
     if out is not None:
         update["out"] = str(out)

@@ -8,8 +8,8 @@ reordered head back onto the rest, or shuffle a head's presentation (the positio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,28 +18,13 @@ from recfunnel.core.types import PAD
 __all__ = [
     "PAD",
     "CandidateBatch",
-    "Candidates",
     "cut",
+    "locate",
     "merge_head",
+    "permutes",
     "prev_ranks",
     "shuffled_head",
 ]
-
-
-@dataclass(frozen=True, eq=False)
-class Candidates:
-    """One user's ranked items from one stage (best first)."""
-
-    items: np.ndarray
-    scores: np.ndarray
-    stage: str
-
-    def __post_init__(self) -> None:
-        if len(self.items) != len(self.scores):
-            raise ValueError("items and scores differ in length")
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,9 +42,15 @@ class CandidateBatch:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Per-cell arrays aligned with ``items`` (e.g. a reranker's raw LLM score and each
     item's input position), read by diagnostics."""
+    stats: Any = None
+    """What the call that made this batch did (a stage's ``StageStats``: LLM calls, tokens,
+    invalid outputs); None for a stage that reports nothing. A call hands its figures back
+    with its answer, so a stage keeps no per-call state."""
 
     def __post_init__(self) -> None:
-        if self.items.shape != self.scores.shape or self.items.ndim != 2:
+        if self.items.ndim != 2:
+            raise ValueError(f"items must be 2-D (rows x candidates), got shape {self.items.shape}")
+        if self.items.shape != self.scores.shape:
             raise ValueError(f"items {self.items.shape} and scores {self.scores.shape} differ")
 
     def __len__(self) -> int:
@@ -68,13 +59,6 @@ class CandidateBatch:
     @property
     def depth(self) -> int:
         return self.items.shape[1]
-
-    def row(self, i: int) -> Candidates:
-        keep = self.items[i] != PAD
-        return Candidates(self.items[i][keep], self.scores[i][keep], self.stage)
-
-    def rows(self) -> list[Candidates]:
-        return [self.row(i) for i in range(len(self))]
 
     @property
     def reorders(self) -> bool:
@@ -87,21 +71,9 @@ class CandidateBatch:
     def fallback_rate(self) -> float:
         return 0.0 if self.fallback is None or len(self) == 0 else float(self.fallback.mean())
 
-    @classmethod
-    def from_rows(
-        cls, rows: Sequence[Candidates], stage: str, depth: int | None = None
-    ) -> CandidateBatch:
-        depth = depth if depth is not None else max((len(r) for r in rows), default=0)
-        items = np.full((len(rows), depth), PAD, dtype=np.int64)
-        scores = np.full((len(rows), depth), -np.inf, dtype=np.float64)
-        for i, r in enumerate(rows):
-            n = min(len(r), depth)
-            items[i, :n] = r.items[:n]
-            scores[i, :n] = r.scores[:n]
-        return cls(items, scores, stage)
-
     def take(self, rows: np.ndarray) -> CandidateBatch:
-        """The batch restricted to ``rows`` (a boolean mask or indices), extras included."""
+        """The batch restricted to ``rows`` (a boolean mask or indices), extras included
+        (not ``stats``: a call's figures are not divisible by row)."""
         fb = None if self.fallback is None else self.fallback[rows]
         extras = {k: v[rows] for k, v in self.extras.items()}
         return CandidateBatch(self.items[rows], self.scores[rows], self.stage, fb, extras)
@@ -113,6 +85,33 @@ def prev_ranks(batch: CandidateBatch) -> np.ndarray:
     if "prev_rank" in batch.extras:
         return batch.extras["prev_rank"]
     return np.where(batch.items != PAD, np.arange(batch.depth)[None, :], -1)
+
+
+def locate(items: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """Each cell's column in the same row of ``within`` (-1 for padding or an item that row
+    does not hold): where a head stage's output items stood in its input, computed once by
+    the funnel for every head stage (``extras["input_pos"]``), so no stage does it by hand.
+    Vectorised: rows are offset so one sorted search serves the whole batch."""
+    n, depth = within.shape
+    if n == 0 or depth == 0 or items.size == 0:
+        return np.full(items.shape, -1, dtype=np.int64)
+    span = int(max(within.max(), items.max())) + 2  # item ids + 1 (PAD is -1) fit below it
+    base = np.arange(n, dtype=np.int64)[:, None] * span
+    keys = (within.astype(np.int64) + 1 + base).ravel()
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    query = (items.astype(np.int64) + 1 + base).ravel()
+    at = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
+    found = (ordered[at] == query) & (items.ravel() != PAD)
+    return np.where(found, order[at] % depth, -1).reshape(items.shape)
+
+
+def permutes(out: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Per row, whether ``out`` holds exactly ``head``'s items (padding included), in any
+    order: the one thing a head stage may do to its input."""
+    if out.shape != head.shape:
+        return np.zeros(len(head), dtype=bool)
+    return (np.sort(out, axis=1) == np.sort(head, axis=1)).all(axis=1)
 
 
 def merge_head(head: CandidateBatch, full: CandidateBatch) -> CandidateBatch:
@@ -134,7 +133,7 @@ def cut(batch: CandidateBatch, k: int) -> CandidateBatch:
         return batch
     extras = {key: v[:, :k] for key, v in batch.extras.items()}
     return CandidateBatch(batch.items[:, :k], batch.scores[:, :k], batch.stage, batch.fallback,
-                          extras)  # fmt: skip
+                          extras, batch.stats)  # fmt: skip
 
 
 def shuffled_head(batch: CandidateBatch, top: int, seed: int) -> CandidateBatch:

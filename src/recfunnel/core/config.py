@@ -24,11 +24,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def format_validation(exc: ValidationError, source: str) -> str:
-    """One line per problem, each naming the field by its dotted path."""
+def _dotted(loc: tuple[Any, ...], data: Any) -> str:
+    """``loc`` as the dotted path of the field in the file: validator steps
+    ("function-after[…]") and the tags of tagged unions (a stage's ``cf``, a pipeline's
+    ``plain``), which name no key of the data, are left out."""
+    parts: list[str] = []
+    node = data
+    for i, p in enumerate(loc):
+        if str(p).startswith("function-"):
+            continue
+        in_list = isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node)
+        if in_list or (isinstance(node, dict) and p in node):
+            node = node[p]
+        elif isinstance(node, dict | list) and i < len(loc) - 1:
+            continue  # a union's tag: the data has no such key, the path goes on below
+        else:
+            node = None
+        parts.append(str(p))
+    return ".".join(parts)
+
+
+def format_validation(exc: ValidationError, source: str, data: Any = None) -> str:
+    """One line per problem, each naming the field by its dotted path (in ``data``, the
+    validated input, when given)."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        loc = _dotted(tuple(err["loc"]), data)
         lines.append(f"  {loc or '(top level)'}: {err['msg']}")
     return f"invalid config {source}:\n" + "\n".join(lines)
 
@@ -52,7 +73,7 @@ def parse_config(data: dict[str, Any], cls: type[C], source: str = "(dict)") -> 
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation(exc, source)) from None
+        raise ConfigError(format_validation(exc, source, data)) from None
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -47,6 +47,16 @@ class UnknownItem(RecfunnelError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class NotFittedError(RecfunnelError, RuntimeError):
+    """A stage or pipeline was asked to answer before it learned what it needs (``fit``,
+    or ``tune`` for one that learns on validation users); the message says which."""
+
+
+class StageContractError(RecfunnelError):
+    """A stage returned something the funnel cannot use (a head stage whose output is not a
+    permutation of its head); the message names the stage."""
+
+
 class LeakageError(RecfunnelError):
     """Something was about to learn from held-out (validation or test) data."""
 

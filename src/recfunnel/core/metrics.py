@@ -238,6 +238,9 @@ def parse_metric(name: str) -> tuple[str, int]:
     if bare in BARE_K:
         return bare, BARE_K[bare]
     m = _NAME.match(bare)
+    head, at, k_text = bare.partition("@")
+    if not m and at and (head in PER_USER or head in AGGREGATE):  # a known metric, a bad K
+        raise ConfigError(f"metric {name!r}: K must be a whole number >= 1, not {k_text!r}")
     if not m or (m.group(1) not in PER_USER and m.group(1) not in AGGREGATE):
         known = ", ".join(sorted([*PER_USER, *AGGREGATE]))
         raise ConfigError(f"unknown metric {name!r}: use NAME@K with NAME one of {known}")

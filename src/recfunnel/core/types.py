@@ -322,6 +322,9 @@ class Split:
     timestamps_real: bool = True
     """False when event order is synthetic (a seeded shuffle per user): whoever simulates the
     protocol on training users orders their events the same way."""
+    new_items: np.ndarray | None = None
+    """Item indices first seen at or after a temporal cutoff (in the catalog, absent from
+    ``train``); None for protocols without a global cutoff."""
 
 
 def history_matrix(requests: Sequence[Request], n_items: int) -> sp.csr_matrix:

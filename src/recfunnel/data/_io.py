@@ -1,4 +1,6 @@
-"""Reading dataset files with errors that name the file, shared by the loaders."""
+"""Reading dataset files with errors that name the file, shared by the loaders. Which
+files a named dataset needs is its registry entry's to say (checked once, by
+:func:`recfunnel.data.load.load_dataset`); a loader only reads them."""
 
 from __future__ import annotations
 
@@ -8,13 +10,6 @@ from typing import Any
 import pandas as pd
 
 from recfunnel.core.errors import DatasetFormatError, DatasetNotFound
-
-
-def require_files(path: Path, *names: str) -> None:
-    """Name the missing files instead of letting pandas raise a bare FileNotFoundError."""
-    missing = [n for n in names if not (path / n).is_file()]
-    if missing:
-        raise DatasetNotFound(f"{path.resolve()} lacks {', '.join(missing)}")
 
 
 def read_table(file: Path, **kwargs: Any) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from recfunnel.core.errors import DatasetFormatError
 from recfunnel.core.types import Catalog, Dataset, Interactions
-from recfunnel.data._io import read_table, require_columns, require_files
+from recfunnel.data._io import read_table, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ def _check_valid(valid_file: Path, events: pd.DataFrame) -> None:
 def load_amazon_games(path: Path) -> Dataset:
     """Load the LLMRank Games-6k files as ordered implicit sequences (see module doc)."""
     item_file, test_file = path / f"{PREFIX}.item", path / f"{PREFIX}.test.inter"
-    require_files(path, item_file.name, test_file.name)
     items = read_atomic(item_file)
     require_columns(items, ("item_id", "title"), item_file)
     catalog = Catalog.build(

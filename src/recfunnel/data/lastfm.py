@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.core.types import Catalog, Dataset, Interactions
-from recfunnel.data._io import read_table, require_columns, require_files
+from recfunnel.data._io import read_table, require_columns
 from recfunnel.data.movielens import top_tags
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ def _artist_tags(path: Path) -> dict[int, list[str]]:
 
 def load_lastfm(path: Path) -> Dataset:
     """Listening counts as weighted implicit feedback, artists (named or not) as the catalog."""
-    require_files(path, "user_artists.dat", "artists.dat")
     plays = read_table(path / "user_artists.dat", sep="\t", dtype=np.int64)
     require_columns(plays, ("userID", "artistID", "weight"), path / "user_artists.dat")
     artists = read_table(path / "artists.dat", encoding="utf-8", dtype={"name": str}, **_TEXT)

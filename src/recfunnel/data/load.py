@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
-from recfunnel.core.errors import ChecksumMismatch, ConfigError, DownloadError
-from recfunnel.core.paths import DATA_URL_ENV, data_root, offline
+from recfunnel.core.errors import ChecksumMismatch, ConfigError, DatasetNotFound, DownloadError
+from recfunnel.core.paths import DATA_ENV, DATA_URL_ENV, OFFLINE_ENV, data_root, offline
 from recfunnel.core.types import Dataset
 from recfunnel.data.fetch import fetch
-from recfunnel.data.paths import dataset_dir, missing_files
 from recfunnel.data.registry import DATASETS
 
 
@@ -34,3 +35,24 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     data = spec.load_fn()(path)
     catalog = dataclasses.replace(data.catalog, noun=spec.noun)
     return dataclasses.replace(data, name=spec.name, catalog=catalog)
+
+
+def missing_files(folder: Path, files: Sequence[str]) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def dataset_dir(
+    folder: str, files: Sequence[str], data_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """The dataset's folder, checked to hold ``files``; else a :class:`DatasetNotFound` that
+    names the folder, the files expected and how to get them."""
+    path = data_root(data_dir) / folder
+    missing = missing_files(path, files)
+    if missing:
+        off = f" Downloads are off (${OFFLINE_ENV})." if offline() else ""
+        raise DatasetNotFound(
+            f"dataset folder {path.resolve()} is missing {', '.join(missing)} "
+            f"(expected files: {', '.join(files)}). Put the files there, or point --data-dir "
+            f"or ${DATA_ENV} at the folder that contains {folder}/.{off}"
+        )
+    return path

@@ -16,7 +16,7 @@ import pandas as pd
 
 from recfunnel.core.errors import DatasetFormatError
 from recfunnel.core.types import Catalog, Dataset, Interactions
-from recfunnel.data._io import read_table, require_files
+from recfunnel.data._io import read_table
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -99,15 +99,12 @@ def build_movielens(
     return Dataset(name=name, interactions=interactions, catalog=catalog)
 
 
-ML_LATEST_SMALL_FILES: Sequence[str] = ("ratings.csv", "movies.csv")
-
-
 def load_ml_latest_small(path: Path) -> Dataset:
     """GroupLens' ml-latest-small (also the layout of ml-latest and ml-25m/ml-32m)."""
-    ratings = pd.read_csv(path / "ratings.csv")
-    movies = pd.read_csv(path / "movies.csv")
+    ratings = read_table(path / "ratings.csv")
+    movies = read_table(path / "movies.csv")
     tags_file = path / "tags.csv"
-    tags = pd.read_csv(tags_file) if tags_file.is_file() else None
+    tags = read_table(tags_file) if tags_file.is_file() else None
     return build_movielens(path.name, ratings, movies, tags)
 
 
@@ -118,7 +115,6 @@ def load_ml_100k(path: Path) -> Dataset:
     The year comes from the title, else from the release date ('01-Jan-1995'); the
     'unknown' genre flag is a placeholder, so it is not listed as a genre.
     """
-    require_files(path, "u.data", "u.item")
     ratings = read_table(
         path / "u.data",
         sep="\t",
@@ -157,7 +153,6 @@ def load_ml_100k(path: Path) -> Dataset:
 def load_ml_1m(path: Path) -> Dataset:
     """GroupLens' ml-1m: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``) and
     ``movies.dat`` (``MovieID::Title::Genres``, Latin-1, genres '|'-separated)."""
-    require_files(path, "ratings.dat", "movies.dat")
     # '::' needs pandas' slow python engine; splitting on ':' keeps the C parser, and the
     # empty fields between the colons are skipped (no field of ratings.dat contains ':').
     ratings = read_table(

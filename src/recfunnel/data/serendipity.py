@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.core.types import Dataset
-from recfunnel.data._io import read_table, require_columns, require_files
+from recfunnel.data._io import read_table, require_columns
 from recfunnel.data.movielens import build_movielens, title_year
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,6 @@ def _years(movies: pd.DataFrame) -> list[int | None]:
 def load_serendipity(path: Path) -> Dataset:
     """Load Serendipity-2018: ratings from training.csv plus answers.csv, catalog text with
     genres, user tags, director and stars; survey answers in ``meta["answers"]``."""
-    require_files(path, "training.csv", "movies.csv")
     ratings = read_table(
         path / "training.csv",
         usecols=list(RATING_COLS),

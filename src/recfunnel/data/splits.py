@@ -1,7 +1,9 @@
 """Evaluation protocols: who is tested, on what history, against which truth.
 
-Both protocols are seeded and return a :class:`~recfunnel.types.Split` whose ``train`` never
-holds a test or validation target, so no stage can learn from the answers.
+Every protocol is seeded and returns a :class:`~recfunnel.types.Split` whose ``train`` never
+holds a test target, so no stage can learn from the answers; cold-start and leave-last-out
+hold out validation targets too, while the temporal protocol
+(:mod:`recfunnel.data.temporal`) takes its validation truth from before its cutoff.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_serializer, field_validator
 
 from recfunnel.core.config import Strict
 from recfunnel.core.errors import ConfigError
 from recfunnel.core.types import Dataset, EvalSet, Interactions, Request, Split
+from recfunnel.data.temporal import TemporalConfig, temporal
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +105,15 @@ def cold_start(
         relevant &= events["rating"].to_numpy() >= relevance
     eligible = np.unique(events.loc[relevant, "user"].to_numpy())
     if len(eligible) == 0:
+        if relevance is not None and inter.has_ratings:
+            top = float(np.nanmax(events["rating"].to_numpy())) if len(events) else float("nan")
+            why = (f"protocol.relevance = {relevance:g} keeps only later items rated >= "
+                   f"{relevance:g} (the highest rating is {top:g}); lower it, or set "
+                   f'relevance = "none" to count every later item')  # fmt: skip
+        else:
+            why = "no user has more items than that: lower protocol.history"
         raise ConfigError(
-            f"no user of {data.name} has a relevant item after {history} history items"
+            f"no user of {data.name} has a relevant item after {history} history items: {why}"
         )
     rng = np.random.default_rng(seed)
     picked = rng.permutation(eligible)
@@ -206,6 +216,7 @@ def leave_last_out(
 PROTOCOLS: dict[str, Callable[..., Split]] = {
     "cold-start": cold_start,
     "leave-last-out": leave_last_out,
+    "temporal": temporal,
 }
 
 
@@ -238,8 +249,25 @@ class ColdStartConfig(_Protocol):
         description="If set: each user keeps a seeded log-uniform count in "
         "[history, history_max] (mixed cold and warm users, for routing studies).",
     )
-    relevance: float | None = Field(4.0, description="Min rating of a truth item (None: all).")
+    relevance: float | None = Field(
+        4.0,
+        description='Min rating of a truth item ("none", or None from Python: every later '
+        "item is a truth item).",
+    )
     n_valid: int = Field(0, ge=0, description="Validation users, split like test users.")
+
+    @field_validator("relevance", mode="before")
+    @classmethod
+    def _none(cls, v: Any) -> Any:
+        """TOML has no null: ``relevance = "none"`` switches the rating threshold off."""
+        if isinstance(v, str) and v.strip().lower() in ("none", "off", "all"):
+            return None
+        return v
+
+    @field_serializer("relevance", when_used="json")
+    def _none_out(self, v: float | None) -> float | str:
+        """Written back as ``"none"`` (``recfunnel config`` output parses back the same)."""
+        return "none" if v is None else v
 
 
 class LeaveLastOutConfig(_Protocol):
@@ -252,5 +280,8 @@ class LeaveLastOutConfig(_Protocol):
     )  # fmt: skip
 
 
-ProtocolConfig = Annotated[ColdStartConfig | LeaveLastOutConfig, Field(discriminator="name")]
-"""``[protocol]`` of an experiment: ``name`` = cold-start or leave-last-out."""
+ProtocolConfig = Annotated[
+    ColdStartConfig | LeaveLastOutConfig | TemporalConfig, Field(discriminator="name")
+]
+"""``[protocol]`` of an experiment: ``name`` = cold-start, leave-last-out or temporal
+(:mod:`recfunnel.data.temporal`)."""

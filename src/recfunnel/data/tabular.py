@@ -154,6 +154,21 @@ def _catalog(
     )
 
 
+def drop_duplicate_events(frame: pd.DataFrame, columns: list[str], file: Path) -> pd.DataFrame:
+    """The rule for duplicate rows: rows equal in every column read (user, item and, where
+    present, rating, timestamp and weight) are one event written twice, kept once (the
+    first), with a warning; the same user and item at another time or with another rating
+    are separate events and all kept."""
+    dup = frame.duplicated(subset=columns, keep="first")
+    if not dup.any():
+        return frame
+    log.warning(
+        "%s: %d duplicate rows (equal in %s) dropped; each event is kept once",
+        file, int(dup.sum()), ", ".join(columns),
+    )  # fmt: skip
+    return frame[~dup].reset_index(drop=True)
+
+
 def load_tabular(
     interactions: str | os.PathLike[str],
     items: str | os.PathLike[str] | None = None,
@@ -175,9 +190,14 @@ def load_tabular(
     timestamp, title, genres and year columns are used when present. ``weight_col`` is
     opt-in, so naming one that is absent is an error. Items with interactions but no catalog
     row are titled by their id. Timestamps may be numbers or dates (read as UTC seconds).
+    Rows equal in every column read are one event, kept once (:func:`drop_duplicate_events`);
+    a file without rows is an error.
     """
     inter_file = Path(interactions)
     frame = read_any(inter_file)
+    if frame.empty:
+        raise DatasetFormatError(f"{inter_file}: no rows (the file holds only a header)"
+                                 if len(frame.columns) else f"{inter_file}: no rows")  # fmt: skip
     require_columns(frame, [user_col, item_col], inter_file)
     if weight_col is not None:
         require_columns(frame, [weight_col], inter_file)
@@ -185,6 +205,12 @@ def load_tabular(
     if missing_ids.any():
         log.warning("%s: dropping %d rows without a user or item", inter_file, missing_ids.sum())
         frame = frame[~missing_ids].reset_index(drop=True)
+    if frame.empty:
+        raise DatasetFormatError(f"{inter_file}: no rows with both a user and an item")
+    frame = drop_duplicate_events(
+        frame, [c for c in (user_col, item_col, rating_col, timestamp_col, weight_col)
+                if c is not None and c in frame.columns], inter_file,
+    )  # fmt: skip
 
     items_file = Path(items) if items is not None else None
     item_frame = read_any(items_file) if items_file is not None else None

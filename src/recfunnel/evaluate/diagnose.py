@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from recfunnel.core import __version__
-from recfunnel.core.candidates import PAD, CandidateBatch
+from recfunnel.core.candidates import PAD
 from recfunnel.core.metrics import evaluate, exposure, hit_matrix
 from recfunnel.core.types import Dataset, EvalSet, Split
 from recfunnel.evaluate import diagnostics as dg
 from recfunnel.evaluate.config import DiagnoseConfig
+from recfunnel.evaluate.probes import llm_scores, position_probe, ranker_probe, reordered
 from recfunnel.evaluate.runner import ExperimentResult, RunResult, run_experiment
 from recfunnel.evaluate.stats import holm, paired_test
 from recfunnel.pipeline import Funnel, Pipeline, PipelineConfig, Shared
@@ -52,123 +53,10 @@ def _num(x: float | np.floating[Any] | None) -> float | None:
     return f if math.isfinite(f) else None
 
 
-# ---- probes run right after each pipeline's test pass --------------------------------
-def position_probe(users: int | None, seed_offset: int = 1000) -> Callable[..., dict[str, Any]]:
-    """Rerun the reranker on a shuffled input: how much of the top-10 changes, and how
-    much output position still follows (now meaningless) input position."""
-
-    def probe(pipeline: Pipeline, split: Split, out: Trace) -> dict[str, Any]:
-        name = pipeline.probe_stage
-        if name is None:
-            return {}
-        m = len(split.test) if users is None else min(users, len(split.test))
-        shuffled = pipeline.run(split.test.requests[:m], 10, shuffle=split.seed + seed_offset)
-        assert out.final is not None and shuffled.final is not None
-        a, b = out.final.items[:m, :10], shuffled.final.items[:, :10]
-        truth, n_items = split.test.truth[:m], pipeline.catalog_.n_items
-        ndcg = {  # per user: reranked as shown, reranked shuffled, the reranker's input order
-            key: evaluate(x, truth, ["ndcg@10"], n_items).per_user["ndcg@10"]
-            for key, x in (("in", a), ("shuffled", b), ("input", out.inputs[name].items[:m]))
-        }
-        return {
-            "stage": name,
-            "n_users": m,
-            "top10_change": 1.0 - dg.topk_overlap(a, b, 10),
-            "top1_change": float(np.mean(a[:, 0] != b[:, 0])),
-            "position_corr_shuffled": dg.position_correlation(
-                reordered(shuffled, name).extras["input_pos"]
-            ),
-            # quality when the reranker cannot lean on the ranker's order, same users
-            "ndcg@10_shuffled": float(ndcg["shuffled"].mean()),
-            "ndcg@10_probe_users": float(ndcg["in"].mean()),
-            "ndcg@10_input_order": float(ndcg["input"].mean()),
-            "per_user": {"shuffled": ndcg["shuffled"], "input_order": ndcg["input"]},
-        }
-
-    return probe
-
-
-def llm_scores(batch: CandidateBatch) -> list[str]:
-    """The LLM's own per-candidate scores a stage keeps (``llm_score`` of a reranker,
-    ``llm_verbalizer`` and ``llm_yes`` of a feature stage; not their ranks)."""
-    return [k for k, v in batch.extras.items() if k.startswith("llm_")
-            and not k.endswith("_rank") and np.asarray(v).dtype.kind == "f"]  # fmt: skip
-
-
-def reordered(trace: Trace, probed: str) -> CandidateBatch:
-    """The probed stage's output or, when it keeps its input order (an LLM feature stage),
-    that of the first later head stage that reorders (the ranker reading its features):
-    whichever output carries where each item stood in its input (``input_pos``)."""
-    names = list(trace.batches)
-    for n in names[names.index(probed) :]:
-        if trace.modes.get(n) == "head" and trace.batches[n].reorders:
-            return trace.batches[n]
-    raise KeyError(f"no stage from {probed} on reorders its input")
-
-
-def ranker_probe(repeats: int, seed: int = 0) -> Callable[..., dict[str, Any]]:
-    """Test-set permutation importance of every feature of every learned ranker: how much
-    NDCG@10 falls when one feature is shuffled over the test users' candidates."""
-
-    def probe(pipeline: Pipeline, split: Split, out: Trace) -> dict[str, Any]:
-        if not isinstance(pipeline, Funnel):
-            return {}
-        found = {}
-        for name, stage in zip(pipeline.names_, pipeline.stages_, strict=True):
-            if hasattr(stage, "permutation_importance"):
-                before = pipeline.run_before(name, split.test.requests, out.k)
-                found[name] = stage.permutation_importance(
-                    split.test.requests, before, split.test.truth, repeats, seed
-                )
-        return {"importance": found} if found else {}
-
-    return probe
-
-
-def concentration(counts: np.ndarray, points: int = 40) -> dict[str, Any]:
-    """Exposure inequality at the resolution that matters: the share of top-10 slots taken
-    by the k most-shown items (k log-spaced), and the catalog Lorenz curve through the
-    same breakpoints (exact there, since both come from one sorted count vector)."""
-    c = np.sort(np.asarray(counts, np.float64))[::-1]
-    n, total = len(c), c.sum()
-    ks = np.unique(np.r_[np.round(np.logspace(0, np.log10(n), points)), (c > 0).sum()])
-    ks = ks[(ks >= 1) & (ks <= n)].astype(int)
-    share = np.cumsum(c)[ks - 1] / total if total else np.zeros(len(ks))
-    x = np.r_[0.0, (1 - ks / n)[::-1], 1.0]
-    y = np.r_[0.0, (1 - share)[::-1], 1.0]
-    return {
-        "concentration": {"k": ks.tolist(), "share": share.tolist(), "n_items": n},
-        "lorenz": {"x": x.tolist(), "y": np.clip(y, 0, 1).tolist()},
-    }
-
-
 # ---- per stage ------------------------------------------------------------------------
-def _histogram(pos: np.ndarray, neg: np.ndarray) -> dict[str, list[float]]:
-    both = np.r_[pos, neg]
-    if len(both) == 0:
-        return {"edges": [], "relevant": [], "irrelevant": []}
-    lo, hi = np.percentile(both, [0.5, 99.5])
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
-
-    def density(x: np.ndarray) -> list[float]:
-        return np.histogram(np.clip(x, lo, hi), edges, density=True)[0].tolist() if len(x) else []
-
-    return {"edges": edges.tolist(), "relevant": density(pos), "irrelevant": density(neg)}
-
-
-def _centred(scores: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, np.float64)
-    valid = np.isfinite(s)
-    means = np.where(valid, s, 0.0).sum(axis=1, keepdims=True) / np.maximum(
-        valid.sum(axis=1, keepdims=True), 1
-    )
-    s = s - means
-    return s[valid & hits], s[valid & ~hits]
-
-
 def _discrimination(scores: np.ndarray, hits: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     d = dg.discrimination(scores, hits, seed=seed, n_boot=n_boot)
-    pos, neg = _centred(scores, hits)
+    pos, neg = dg.by_relevance(scores, hits)
     return {
         "cohen_d": _num(d.cohen_d),
         "cohen_d_ci": [_num(d.cohen_d_ci[0]), _num(d.cohen_d_ci[1])],
@@ -177,7 +65,7 @@ def _discrimination(scores: np.ndarray, hits: np.ndarray, n_boot: int, seed: int
         "mean_irrelevant": _num(d.mean_irrelevant),
         "n_relevant": d.n_relevant,
         "n_irrelevant": d.n_irrelevant,
-        "hist": _histogram(pos, neg),
+        "hist": dg.histogram(pos, neg, HIST_BINS),
     }
 
 
@@ -198,7 +86,7 @@ def stage_report(
     for key in expo[0]:
         out[key] = _num(np.mean([e[key] for e in expo]))
     counts = np.sum([exposure(b.items, 10, n_items) for b in batches], axis=0)
-    out.update(concentration(counts))
+    out.update(dg.concentration(counts))
 
     depth = min(DISCRIMINATION_DEPTH, batches[0].depth)
     scores = np.vstack([b.scores[:, :depth] for b in batches])
@@ -429,7 +317,7 @@ def pool_sweep(
             **{k: _num(v) for k, v in dg.latency_percentiles(np.nan_to_num(seconds)).items()},
             "llm_calls_per_user": float(figures.get("llm_calls_per_user", 0.0)),
             "prompt_tokens_per_user": float(figures.get("prompt_tokens_per_user", 0.0)),
-            "blend": getattr(funnel.stages_[funnel.names_.index(name)].config, "blend", None),
+            "blend": getattr(funnel.stage(name), "blend_", None),  # as calibrated, if it was
         })  # fmt: skip
         if on_step:
             on_step(f"pool sweep {size}")

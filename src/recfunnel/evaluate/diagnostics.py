@@ -6,6 +6,7 @@ case checks it exactly (see tests/evaluate/test_diagnostics.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -64,13 +65,7 @@ def discrimination(
     ``within_user`` centres each user's scores first, so an LLM that is merely more
     confident for some users does not count as separating relevant items.
     """
-    s = np.asarray(scores, np.float64)
-    valid = np.isfinite(s)
-    if within_user:
-        counts = valid.sum(axis=1, keepdims=True)
-        means = np.where(valid, s, 0.0).sum(axis=1, keepdims=True) / np.maximum(counts, 1)
-        s = s - means
-    pos, neg = s[valid & hits], s[valid & ~hits]
+    pos, neg = by_relevance(scores, hits, within_user)
     auc = (
         float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
         if len(pos) and len(neg)
@@ -87,6 +82,51 @@ def discrimination(
     )
 
 
+def by_relevance(scores: np.ndarray, hits: np.ndarray,
+                 within_user: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The finite scores of relevant and of irrelevant candidates; ``within_user`` first
+    subtracts each user's mean score (what :func:`discrimination` and its histogram use)."""
+    s = np.asarray(scores, np.float64)
+    valid = np.isfinite(s)
+    if within_user:
+        counts = valid.sum(axis=1, keepdims=True)
+        means = np.where(valid, s, 0.0).sum(axis=1, keepdims=True) / np.maximum(counts, 1)
+        s = s - means
+    return s[valid & hits], s[valid & ~hits]
+
+
+def histogram(pos: np.ndarray, neg: np.ndarray, bins: int) -> dict[str, list[float]]:
+    """Densities of relevant and irrelevant scores on shared edges (the 0.5–99.5th
+    percentiles of both, so one outlier does not flatten the plot)."""
+    both = np.r_[pos, neg]
+    if len(both) == 0:
+        return {"edges": [], "relevant": [], "irrelevant": []}
+    lo, hi = np.percentile(both, [0.5, 99.5])
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+
+    def density(x: np.ndarray) -> list[float]:
+        return np.histogram(np.clip(x, lo, hi), edges, density=True)[0].tolist() if len(x) else []
+
+    return {"edges": edges.tolist(), "relevant": density(pos), "irrelevant": density(neg)}
+
+
+def concentration(counts: np.ndarray, points: int = 40) -> dict[str, Any]:
+    """Exposure inequality at the resolution that matters: the share of top-10 slots taken
+    by the k most-shown items (k log-spaced), and the catalog Lorenz curve through the
+    same breakpoints (exact there, since both come from one sorted count vector)."""
+    c = np.sort(np.asarray(counts, np.float64))[::-1]
+    n, total = len(c), c.sum()
+    ks = np.unique(np.r_[np.round(np.logspace(0, np.log10(n), points)), (c > 0).sum()])
+    ks = ks[(ks >= 1) & (ks <= n)].astype(int)
+    share = np.cumsum(c)[ks - 1] / total if total else np.zeros(len(ks))
+    x = np.r_[0.0, (1 - ks / n)[::-1], 1.0]
+    y = np.r_[0.0, (1 - share)[::-1], 1.0]
+    return {
+        "concentration": {"k": ks.tolist(), "share": share.tolist(), "n_items": n},
+        "lorenz": {"x": x.tolist(), "y": np.clip(y, 0, 1).tolist()},
+    }
+
+
 def exposure_stats(ranked: np.ndarray, n_items: int) -> dict[str, float]:
     """unique@1, unique@10, gini@10 and the share of top-10 slots the 10 most-shown items take."""
     c1, c10 = exposure(ranked, 1, n_items), exposure(ranked, 10, n_items)
@@ -97,15 +137,6 @@ def exposure_stats(ranked: np.ndarray, n_items: int) -> dict[str, float]:
         "gini@10": gini(c10),
         "top10_share@10": float(np.sort(c10)[-10:].sum() / total) if total else 0.0,
     }
-
-
-def lorenz(counts: np.ndarray, points: int = 101) -> tuple[np.ndarray, np.ndarray]:
-    """Lorenz curve of exposure: share of items (x) vs share of exposure they get (y)."""
-    x = np.sort(np.asarray(counts, np.float64))
-    cum = np.r_[0.0, np.cumsum(x)]
-    cum = cum / cum[-1] if cum[-1] > 0 else cum
-    grid = np.linspace(0, 1, points)
-    return grid, np.interp(grid, np.linspace(0, 1, len(cum)), cum)
 
 
 def position_correlation(input_pos: np.ndarray) -> float:

@@ -15,16 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from recfunnel.core.errors import ConfigError
+from recfunnel.core.groups import DEFAULT_SPLIT_YEAR, year_groups
 from recfunnel.core.metrics import depth_needed, evaluate
 from recfunnel.core.strict_json import json_safe
 from recfunnel.core.types import Dataset, Split
 from recfunnel.engine import rank
-from recfunnel.evaluate.buckets import by_history
+from recfunnel.evaluate.buckets import buckets_for, by_history, new_item_figures
 from recfunnel.evaluate.config import ExperimentConfig
 from recfunnel.pipeline import Pipeline, Shared, build_pipeline
+from recfunnel.pipeline.config import pipelines_of
 from recfunnel.pipeline.leakage import check_no_leak
 from recfunnel.stages.base import Trace
-from recfunnel.stages.rerank.aspects import year_groups
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class ExperimentResult:
                 continue
             per_user = {m: np.concatenate([r.per_user[m] for r in runs]) for m in runs[0].per_user}
             lengths = np.concatenate([np.asarray(r.history_len) for r in runs])
-            table[name] = by_history(per_user, lengths)
+            table[name] = by_history(per_user, lengths, buckets_for(self.protocol))
         winners: dict[str, dict[str, str]] = {}
         if table:
             first = next(iter(table.values()))
@@ -116,8 +118,9 @@ COST_KEYS = (
     "llm_calls_per_user",
     "prompt_tokens_per_user",
     "completion_tokens_per_user",
-    "invalid_rate",
 )
+"""Per-user costs: summed over the pipeline's stages. The invalid rate is not a sum: it
+is every stage's invalid outputs over every stage's outputs."""
 
 
 def stage_metrics(trace: Trace, split: Split, n_items: int) -> dict[str, dict[str, float]]:
@@ -140,6 +143,9 @@ def cost_metrics(trace: Trace, n_users: int, seconds: float) -> dict[str, float]
     figures = {name: st.figures() for name, st in trace.stats.items()}
     for key in COST_KEYS:
         out[key] = float(sum(f.get(key, 0.0) for f in figures.values()))
+    outputs = sum(int(getattr(st, "outputs", 0)) for st in trace.stats.values())
+    invalid = sum(int(getattr(st, "invalid_outputs", 0)) for st in trace.stats.values())
+    out["invalid_rate"] = invalid / outputs if outputs else 0.0
     for name in trace.notes:
         for key, v in figures.get(name, {}).items():
             if key.endswith("rate") and key != "invalid_rate":
@@ -147,7 +153,58 @@ def cost_metrics(trace: Trace, n_users: int, seconds: float) -> dict[str, float]
     return out
 
 
+def new_items_of(split: Split, items: np.ndarray, metrics: list[str],
+                 n_items: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:  # fmt: skip
+    """A temporal split's new-item figures (share of the truth, new_recall@k at each
+    recall@k of ``metrics`` the ranking is deep enough for); nothing for other protocols."""
+    if split.new_items is None:
+        return {}, {}
+    ks = sorted({int(m.split("@")[1]) for m in metrics if m.startswith("recall@")})
+    ks = [k for k in ks if k <= items.shape[1]] or [min(10, items.shape[1])]
+    return new_item_figures(items, split.test.truth, split.new_items, n_items, ks)
+
+
 Probe = Callable[[Pipeline, Split, Trace], dict[str, Any]]
+
+
+def warn_whole_catalog(cfg: ExperimentConfig, n_items: int) -> list[str]:
+    """A warning per pipeline whose pool size is at or above the catalog size: every pool
+    then holds the whole catalog and its recall is 1 by construction."""
+    out = []
+    for pipe in cfg.pipelines:
+        for p in pipelines_of(pipe):
+            if p.pool_size >= n_items:
+                out.append(f"pipeline {pipe.name!r}: pool_size {p.pool_size} is at or above "
+                           f"the catalog's {n_items} items, so every pool holds the whole "
+                           f"catalog and its recall@K is 1 by construction")  # fmt: skip
+    for line in dict.fromkeys(out):
+        log.warning("%s", line)
+    return out
+
+
+def mad_split_year(cfg: ExperimentConfig) -> int:
+    """The release year that splits the groups of ``mad``: the one the experiment's
+    fairness stages were configured with (``split_year`` of ``fair`` and of the goal
+    stage), else the default. Pipelines that disagree cannot share one ``mad``: refused."""
+    years: set[int] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("kind") in ("fair", "goal") and "split_year" in node:
+                years.add(int(node["split_year"]))
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit([p.model_dump() for p in cfg.pipelines])
+    if len(years) > 1 and any(m.startswith("mad") for m in cfg.metrics):
+        raise ConfigError(
+            f"mad: the pipelines' fairness stages split the groups at different years "
+            f"({', '.join(map(str, sorted(years)))}); give every fair stage one split_year"
+        )
+    return years.pop() if len(years) == 1 else DEFAULT_SPLIT_YEAR
 
 
 def run_experiment(
@@ -171,8 +228,9 @@ def run_experiment(
     protocol = cfg.protocol.model_dump()
     protocol_name = protocol.pop("name")
     results: list[RunResult] = []
-    genres, groups = data.catalog.genre_matrix, year_groups(data.catalog)
+    genres, groups = data.catalog.genre_matrix, year_groups(data.catalog, mad_split_year(cfg))
     only_hits = cfg.rerank_users == "target-in-input"
+    warn_whole_catalog(cfg, data.catalog.n_items)
     for seed in cfg.seeds:
         split = cfg.protocol.split(data, seed)
         shared = Shared()
@@ -196,22 +254,25 @@ def run_experiment(
                 item_groups=groups,
             )
             n = len(split.test)
+            cost = cost_metrics(out, n, t2 - t1)
+            fresh, fresh_per_user = new_items_of(split, out.final.items, cfg.metrics,
+                                                 data.catalog.n_items)  # fmt: skip
             results.append(
                 RunResult(
                     pipeline=pipe.name,
                     seed=seed,
-                    metrics={**scored.means, **cost_metrics(out, n, t2 - t1)},
+                    metrics={**scored.means, **fresh, **cost},
                     stages=stage_metrics(out, split, data.catalog.n_items),
                     n_users=n,
                     timings={
                         "fit_s": t1 - t0,
                         "run_s": t2 - t1,
-                        "latency_ms_per_user": 1000 * (t2 - t1) / max(n, 1),
+                        "latency_ms_per_user": cost["latency_ms_per_user"],
                     },
                     tuned=tuned,
                     history_len=np.array([len(r.history) for r in split.test.requests]),
                     probes=probe(pipeline, split, out) if probe else {},
-                    per_user=scored.per_user,
+                    per_user={**scored.per_user, **fresh_per_user},
                     trace=out if keep_traces else None,
                 )
             )

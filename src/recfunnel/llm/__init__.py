@@ -15,6 +15,7 @@ from recfunnel.llm.base import (
     LLMConfig,
     LLMUnavailable,
     Message,
+    Meter,
     OptionScores,
     Usage,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "LLMPool",
     "LLMUnavailable",
     "Message",
+    "Meter",
     "OptionScores",
     "Usage",
     "build_llm",

@@ -123,6 +123,19 @@ class Usage:
         )
 
 
+class Meter:
+    """What one model was asked over a span of work: reads its counters when made and
+    answers the difference since (:attr:`used`). The one way a stage meters its LLM."""
+
+    def __init__(self, llm: LLM) -> None:
+        self._llm = llm
+        self._before = llm.usage.copy()
+
+    @property
+    def used(self) -> Usage:
+        return self._llm.usage.since(self._before)
+
+
 def render_chat(
     messages: Sequence[Message], template: str | None, bos: str = "", eos: str = ""
 ) -> str:

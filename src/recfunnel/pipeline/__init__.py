@@ -11,7 +11,8 @@ from recfunnel.pipeline.config import (
     builtin_pipeline,
 )
 from recfunnel.pipeline.funnel import Funnel, Shared, calibration_set, rows_with_target
-from recfunnel.pipeline.router import Pipeline, Router, build_pipeline
+from recfunnel.pipeline.protocol import Pipeline
+from recfunnel.pipeline.router import Router, build_pipeline
 
 __all__ = [
     "BUILTIN_PIPELINES",

@@ -23,9 +23,9 @@ reordering the head of the list so far; an ``explain`` stage may close the list.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from recfunnel.core.config import Strict
 from recfunnel.core.errors import ConfigError
@@ -138,7 +138,20 @@ class RoutedPipelineConfig(Strict):
                 setattr(self.route, side, defined.get(ref) or builtin_pipeline(ref))
 
 
-AnyPipelineConfig = PipelineConfig | RoutedPipelineConfig
+def _pipeline_shape(value: Any) -> str:
+    """Which pipeline a ``[[pipelines]]`` entry is: a router has a ``route``. Told apart
+    before validation, so an error in a plain pipeline is not reported a second time as
+    the router it never meant to be."""
+    if isinstance(value, RoutedPipelineConfig) or (isinstance(value, dict) and "route" in value):
+        return "routed"
+    return "plain"
+
+
+AnyPipelineConfig = Annotated[
+    Annotated[PipelineConfig, Tag("plain")] | Annotated[RoutedPipelineConfig, Tag("routed")],
+    Discriminator(_pipeline_shape),
+]
+"""One ``[[pipelines]]`` entry: a plain pipeline, or a router (with ``route``)."""
 
 
 def pipelines_of(config: AnyPipelineConfig) -> list[PipelineConfig]:

@@ -8,6 +8,8 @@ serving returns.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import logging
 import time
@@ -18,19 +20,26 @@ from typing import Any, Self, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from recfunnel.core.candidates import PAD, CandidateBatch, cut, merge_head, shuffled_head
-from recfunnel.core.errors import ConfigError
+from recfunnel.core.candidates import (
+    PAD,
+    CandidateBatch,
+    cut,
+    locate,
+    merge_head,
+    permutes,
+    shuffled_head,
+)
+from recfunnel.core.errors import ConfigError, NotFittedError, StageContractError
 from recfunnel.core.types import Catalog, EvalSet, Interactions, Request, Split
 from recfunnel.llm import LLM, LLMPool
 from recfunnel.pipeline.config import PipelineConfig
-from recfunnel.stages.base import FitContext, LLMStats, Stage, Trace, TuneContext, positions
+from recfunnel.pipeline.protocol import RowPicker
+from recfunnel.stages.base import FitContext, LLMStats, Stage, StageConfig, Trace, TuneContext
 from recfunnel.stages.registry import missing_extra, stage_class
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-RowPicker = Callable[[Sequence[Request], CandidateBatch], np.ndarray]
-"""Maps the requests and the probed stage's input head to a mask of the rows it runs for."""
 
 
 def with_seed(config: M, seed: int) -> M:
@@ -107,11 +116,12 @@ class Funnel:
         return self
 
     def _fit_stages(
-        self, train: Interactions, catalog: Catalog, shared: Shared, upto: int | None = None
-    ) -> tuple[list[Stage[Any]], list[str]]:
+        self, train: Interactions, catalog: Catalog, shared: Shared,
+        configs: Sequence[StageConfig] | None = None,
+    ) -> tuple[list[Stage[Any]], list[str]]:  # fmt: skip
         stages: list[Stage[Any]] = []
         names: list[str] = []
-        for i, raw in enumerate(self.config.stages[:upto]):
+        for i, raw in enumerate(self.config.stages if configs is None else configs):
             config = with_seed(raw, self.seed)
             cls = stage_class(config.kind)
             key = f"{id(train)}:" + config.model_dump_json(exclude={"name"})
@@ -124,6 +134,10 @@ class Funnel:
                     raise missing_extra(config.kind, exc) from exc
                 if cls.shareable:
                     shared.stages[key] = stage
+            elif stage.config != config:
+                # the fitted model is shared; the name this pipeline gave it is its own
+                stage = copy.copy(stage)
+                stage.config = config
             name = stage.name if stage.name not in names else f"{stage.name}#{i + 1}"
             stages.append(stage)
             names.append(name)
@@ -158,10 +172,20 @@ class Funnel:
         return run
 
     def _refit(self, train: Interactions, upto: int) -> Callable[[Sequence[Request], int], Trace]:
-        """The stages before ``upto`` fitted on ``train`` (shared within this refit only)."""
+        """The stages before ``upto`` fitted on ``train`` (shared within this refit only), each
+        with what it learned on validation users fixed (a tuned grid's choice)."""
+        configs = [s.refit_config() for s in self.stages_[:upto]]
         stages, names = self._fit_stages(train, self.catalog_, Shared(llms=self.shared.llms),
-                                         upto)  # fmt: skip
+                                         configs)  # fmt: skip
         return lambda reqs, k: self._run(stages, names, reqs, k, 0, upto)
+
+    def pending(self, prepared: Trace) -> bool:
+        """Whether :meth:`finish` still has LLM stages to run after :meth:`prepare` (a
+        server runs them within its latency budget; the list so far is its fallback)."""
+        return any(s.uses_llm for s in self.stages_[self.split_at :])
+
+    def named_stages(self) -> list[tuple[str, Stage[Any]]]:
+        return list(zip(self.names_, self.stages_, strict=True))
 
     def stage(self, name: str) -> Stage[Any]:
         """The fitted stage whose trace entry is ``name``."""
@@ -195,13 +219,12 @@ class Funnel:
         back to when the LLM stages cannot answer in time; ``narrow`` maps that (one-row)
         list to the items allowed, in order (the chat's filter)."""
         if not self.stages_:
-            raise RuntimeError("call fit() before run()")
+            raise NotFittedError(f"pipeline {self.config.name!r}: call fit() before run()")
         trace = self._run(self.stages_, self.names_, requests, k, 0, self.split_at)
         if narrow is not None:
             t0 = time.perf_counter()
             trace.final = narrowed(trace, narrow)
             trace.timings["filter"] = time.perf_counter() - t0
-        trace.pending = any(s.uses_llm for s in self.stages_[self.split_at :])
         return trace
 
     def finish(self, requests: Sequence[Request], prepared: Trace, k: int,
@@ -212,7 +235,6 @@ class Funnel:
                                len(self.stages_), shuffle, rows)  # fmt: skip
         assert trace.final is not None
         trace.final = cut(trace.final, k)
-        trace.pending = False
         return trace
 
     def _run(self, stages: list[Stage[Any]], names: list[str], requests: Sequence[Request],
@@ -223,10 +245,12 @@ class Funnel:
     def _continue(self, prepared: Trace, stages: list[Stage[Any]], names: list[str],
                   requests: Sequence[Request], start: int, stop: int, shuffle: int | None,
                   rows: RowPicker | None) -> Trace:  # fmt: skip
-        trace = Trace(prepared.requests, prepared.k, prepared.depth, prepared.final,
-                      dict(prepared.batches), dict(prepared.modes), dict(prepared.inputs),
-                      dict(prepared.notes), dict(prepared.timings), dict(prepared.stats),
-                      prepared.route)  # fmt: skip
+        trace = dataclasses.replace(
+            prepared, batches=dict(prepared.batches), modes=dict(prepared.modes),
+            inputs=dict(prepared.inputs), notes=dict(prepared.notes),
+            timings=dict(prepared.timings), stats=dict(prepared.stats),
+            parts=None,
+        )  # fmt: skip
         for stage, name in zip(stages[start:stop], names[start:stop], strict=True):
             probed = stage.probed and name == self.probe_stage
             self._apply(stage, name, trace, requests, shuffle if probed else None,
@@ -241,10 +265,12 @@ class Funnel:
             if shuffle is not None:
                 trace.final = shuffled_head(trace.final, stage.top_n, shuffle)
             trace.inputs[name] = trace.final
+            head = trace.head(stage.top_n)
             if rows is not None:
-                out = self._some(stage, trace, requests, rows(requests, trace.head(stage.top_n)))
+                out = self._some(stage, trace, requests, head, rows(requests, head))
             else:
                 out = stage(requests, trace)
+            out = head_output(stage, name, out, head)
             trace.final = merge_head(out, trace.final)
         else:
             out = stage(requests, trace)
@@ -256,15 +282,13 @@ class Funnel:
             trace.batches[name] = out
             trace.modes[name] = stage.mode
         trace.timings[name] = time.perf_counter() - t0
-        st = stage.stats()
-        if st is not None:
-            trace.stats[name] = st
+        if out.stats is not None:
+            trace.stats[name] = out.stats
 
     @staticmethod
     def _some(stage: Stage[Any], trace: Trace, requests: Sequence[Request],
-              rows: np.ndarray) -> CandidateBatch:  # fmt: skip
+              head: CandidateBatch, rows: np.ndarray) -> CandidateBatch:  # fmt: skip
         """Run a head stage on ``rows`` only; the others pass through in input order."""
-        head = trace.head(stage.top_n)
         pick = np.flatnonzero(rows)
         done = stage([requests[int(i)] for i in pick], trace.take(pick))
         items, scores = head.items.copy(), head.scores.copy()
@@ -272,19 +296,45 @@ class Funnel:
         fallback = np.zeros(len(head), dtype=bool)
         if done.fallback is not None:
             fallback[pick] = done.fallback
-        extras: dict[str, np.ndarray] = {"input_pos": positions(head.items),
-                                         "prev_rank": head.extras["prev_rank"].copy()}  # fmt: skip
+        extras: dict[str, np.ndarray] = {"prev_rank": head.extras["prev_rank"].copy()}
         for key, value in done.extras.items():
+            if key == "input_pos":
+                continue  # derived by the funnel over the whole head
             if key not in extras:
                 extras[key] = np.full(head.items.shape, np.nan)
             extras[key][pick] = value
-        st = stage.stats()
+        st = done.stats
         if isinstance(st, LLMStats) and st.row_seconds is not None:
             # per-row figures cover the rows run only: the others cost no LLM time
             full = np.zeros(len(head))
             full[pick] = st.row_seconds
-            st.row_seconds = full
-        return CandidateBatch(items, scores, done.stage, fallback, extras)
+            st = dataclasses.replace(st, row_seconds=full)
+        return CandidateBatch(items, scores, done.stage, fallback, extras, st)
+
+
+def head_output(stage: Stage[Any], name: str, out: CandidateBatch,
+                head: CandidateBatch) -> CandidateBatch:  # fmt: skip
+    """A head stage's output, checked and completed by the one rule every head stage obeys:
+    it returns its head's items in some order (refused otherwise, naming the stage), and
+    each item's position in that head (``extras["input_pos"]``) is derived here, once."""
+    bad = np.flatnonzero(~permutes(out.items, head.items))
+    if len(bad):
+        raise StageContractError(
+            f"stage {name!r} ({stage.config.kind}) returned a list that is not a "
+            f"permutation of its head of {head.depth} candidates (rows {bad[:5].tolist()}): "
+            "a head stage may only reorder what it was given"
+        )
+    extras = dict(out.extras)
+    if stage.keeps_order:
+        if not np.array_equal(out.items, head.items):
+            raise StageContractError(
+                f"stage {name!r} ({stage.config.kind}) keeps its input order by contract "
+                "but returned another order"
+            )
+        extras.pop("input_pos", None)
+    else:
+        extras["input_pos"] = locate(out.items, head.items)
+    return dataclasses.replace(out, extras=extras)
 
 
 def narrowed(trace: Trace, narrow: Callable[[np.ndarray], np.ndarray]) -> CandidateBatch:

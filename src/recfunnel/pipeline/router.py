@@ -17,11 +17,13 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from recfunnel.core.candidates import PAD, CandidateBatch
+from recfunnel.core.errors import NotFittedError
 from recfunnel.core.metrics import depth_needed, evaluate
 from recfunnel.core.types import Catalog, EvalSet, Interactions, Request, Split
 from recfunnel.pipeline.config import AnyPipelineConfig, PipelineConfig, RoutedPipelineConfig
-from recfunnel.pipeline.funnel import Funnel, RowPicker, Shared, calibration_set
-from recfunnel.stages.base import LLMStats, StageStats, Trace
+from recfunnel.pipeline.funnel import Funnel, Shared, calibration_set
+from recfunnel.pipeline.protocol import Pipeline, RowPicker
+from recfunnel.stages.base import LLMStats, Stage, StageStats, Trace
 
 
 @dataclass
@@ -53,6 +55,22 @@ class Router:
         self.threshold_: int | None = r.threshold
         self.tuned_: dict[str, Any] = {}
 
+    def named_stages(self) -> list[tuple[str, Stage[Any]]]:
+        """Both paths' stages, named as the router's trace names them (``cold/…``)."""
+        return [(f"{side}/{name}", stage) for side, funnel in self.sides.items()
+                for name, stage in funnel.named_stages()]  # fmt: skip
+
+    def run_before(self, name: str, requests: Sequence[Request], k: int) -> Trace:
+        """What stage ``side/name`` is given when ``requests`` all take its path."""
+        side, _, inner = name.partition("/")
+        if side not in self.sides:
+            raise KeyError(f"no stage {name!r} in {self.config.name!r}: name it cold/… or warm/…")
+        return self.sides[side].run_before(inner, requests, k)
+
+    def pending(self, prepared: Trace) -> bool:
+        """Whether a path of :meth:`prepare`'s trace still has LLM stages to run."""
+        return any(self.sides[side].pending(t) for side, _, t in prepared.parts or [])
+
     @property
     def cold(self) -> Funnel:
         return self.sides["cold"]
@@ -79,7 +97,7 @@ class Router:
 
     def is_cold(self, requests: Sequence[Request]) -> np.ndarray:
         if self.threshold_ is None:
-            raise RuntimeError("no routing threshold: set route.threshold or call tune()")
+            raise NotFittedError("no routing threshold: set route.threshold or call tune()")
         lengths = np.array([len(r.history) for r in requests])
         cold = lengths <= self.threshold_
         if self.config.route.query_to_cold:
@@ -99,7 +117,9 @@ class Router:
             t: float(np.where(lengths <= t, a.per_user[metric], b.per_user[metric]).mean())
             for t in self.config.route.thresholds
         }
-        self.threshold_ = max(scores, key=lambda t: scores[t])  # first best: fewest LLM calls
+        best = max(scores.values())
+        # of equally good thresholds the smallest: fewest requests take the (LLM) cold path
+        self.threshold_ = min(t for t, v in scores.items() if v == best)
         grid = {str(t): v for t, v in scores.items()}
         return {"threshold": self.threshold_, "metric": metric, "n_users": len(valid),
                 "grid": grid}  # fmt: skip
@@ -120,7 +140,6 @@ class Router:
         else:
             out = Trace(requests, k, k)
         out.route = parts[0][0] if len(parts) == 1 else "mixed"
-        out.pending = any(p.pending for _, _, p in parts)
         out.parts = parts
         return out
 
@@ -188,10 +207,6 @@ def _scatter_notes(parts: list[tuple[np.ndarray, CandidateBatch]], n: int) -> Ca
         if "explanation" in b.extras:
             notes[idx, : b.depth] = b.extras["explanation"]
     return CandidateBatch(items, scores, "explain", extras={"explanation": notes})
-
-
-Pipeline = Funnel | Router
-"""What evaluation, serving and the engines hold: either has the same protocol."""
 
 
 def build_pipeline(config: AnyPipelineConfig, seed: int = 0,

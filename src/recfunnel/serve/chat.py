@@ -1,4 +1,7 @@
-"""Conversational recommendation (Chat-REC style) with the funnel's stages as tools.
+"""Conversational recommendation (Chat-REC style) with the funnel's stages as tools: the
+agent (sessions, the action policy, the tools). Reading a message is
+:mod:`~recfunnel.serve.chat_words`; the state and its updates,
+:mod:`~recfunnel.serve.chat_state`.
 
 Each turn, the user's message updates a preference state that is read off the catalog,
 never invented: titles the catalog knows (liked, or disliked when the clause negates),
@@ -9,7 +12,8 @@ action among those the state allows:
 
 - ``ask``: a clarifying question about the first thing the state lacks (genre, a liked
   title, an era);
-- ``filter``: narrow the current candidate pool by genre and year (no new retrieval);
+- ``filter``: narrow the last retrieval's candidate pool (kept in the session) by genre
+  and year, with no new retrieval;
 - ``retrieve``: a new pool from retrieval + ranker for the updated state;
 - ``recommend``: the pool reranked by the LLM (within the service's latency budget).
 
@@ -22,18 +26,23 @@ anything else, whatever it says.
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from recfunnel.core.types import Request
 from recfunnel.llm.base import Message
+from recfunnel.serve.chat_state import KEEP, SLOTS, ChatState, Update, apply
+from recfunnel.serve.chat_words import PreferenceParser
 from recfunnel.serve.service import Answer, Item, Service
 from recfunnel.serve.sessions import SessionStore, UnknownSession, sessions_from
-from recfunnel.stages.explain.grounded import normalize
+from recfunnel.serve.storage import StorageGuard
+
+__all__ = ["KEEP", "SLOTS", "ChatAgent", "ChatState", "PreferenceParser", "Turn", "Update",
+           "apply"]  # fmt: skip
 
 PROMPT_VERSION = "chat-action/1"
 """Part of every cached decision's key: bump it when :meth:`ChatAgent.prompt` changes."""
@@ -46,126 +55,13 @@ ACTION_HELP = {
     "retrieve": "search the catalog again for the updated preferences",
     "recommend": "show the best candidates, reranked",
 }
-SLOTS = ("genre", "title", "era")
 QUESTIONS = {
     "genre": "What kind of {noun}s are you in the mood for — a genre, or a feeling?",
     "title": "Which {noun} did you enjoy recently?",
     "era": "Any era you prefer — recent ones, or older classics?",
 }
-
-WORDS_FOR = {  # everyday words → catalog genre (MovieLens' names)
-    "funny": "Comedy", "comedies": "Comedy", "scary": "Horror", "horror": "Horror",
-    "romantic": "Romance", "love story": "Romance", "animated": "Animation",
-    "cartoon": "Animation", "kids": "Children", "family": "Children",
-    "science fiction": "Sci-Fi", "scifi": "Sci-Fi", "sci fi": "Sci-Fi", "space": "Sci-Fi",
-    "suspense": "Thriller", "thrillers": "Thriller", "noir": "Film-Noir",
-    "documentaries": "Documentary", "westerns": "Western", "musicals": "Musical",
-    "depressing": "Drama", "sad": "Drama", "tearjerker": "Drama", "dramas": "Drama",
-    "fantasy": "Fantasy", "mysteries": "Mystery",
-}  # fmt: skip
-NEGATION = re.compile(
-    r"\b(not|no|never|hate|hated|dislike|disliked|avoid|without|less|nothing|none|"
-    r"don'?t|didn'?t|doesn'?t|isn'?t|wasn'?t|won'?t|stop|enough)\b"
-)
-ACCEPT = re.compile(r"\b(yes|yeah|sounds good|perfect|great|i'?ll (watch|take)|love it)\b")
-COMMON = frozenset((
-    "perfect", "love", "help", "home", "night", "great", "please", "maybe", "sure", "okay",
-    "thanks", "hello", "something", "anything", "nothing", "more", "other", "what", "that",
-    "this", "they", "them", "then", "there", "here", "some", "like",
-))  # fmt: skip
-"""Capitalised words that are also one-word titles but, in a chat message, mostly are not."""
-MORE = re.compile(r"\b(something else|more|other|another|different|seen (it|them|those))\b")
-KEEP = {"liked": 20, "disliked": 20, "genres": 20, "avoid_genres": 20, "notes": 5,
-        "shown": 200, "last_shown": 50, "asked": 6, "dropped": 10}  # fmt: skip
-"""The most recent entries each list of a session keeps: the state, and what a turn
-returns of it, stay the same size however long a chat goes (``shown`` keeps repeats out
-of the last 200 items)."""
 LOCAL = "local"
 """The client of in-process chats (the simulator, tests): the app passes the caller's."""
-
-
-GENERIC = frozenset((
-    "a", "an", "the", "i", "i'd", "i'm", "me", "my", "you", "can", "could", "would", "want",
-    "like", "need", "looking", "for", "some", "something", "anything", "good", "movie",
-    "movies", "film", "films", "show", "recommend", "recommendation", "suggest", "watch",
-    "tonight", "today", "to", "please", "hi", "hello", "hey", "thanks", "what", "should",
-    "is", "are", "it", "one", "ones", "and", "or", "of", "with", "in", "on", "now", "maybe",
-))  # fmt: skip
-"""Words that say nothing about taste: a message made only of them is not a preference."""
-
-
-def informative(clause: str) -> bool:
-    words = re.findall(r"[a-z']+", clause.lower())
-    return (
-        len(words) >= 2
-        and not ACCEPT.search(clause.lower())
-        and any(w not in GENERIC for w in words)
-    )
-
-
-@dataclass
-class ChatState:
-    """What the conversation has established; every entry points into the catalog."""
-
-    liked: list[int] = field(default_factory=list)
-    disliked: list[int] = field(default_factory=list)
-    genres: list[str] = field(default_factory=list)
-    avoid_genres: list[str] = field(default_factory=list)
-    year_min: int | None = None
-    year_max: int | None = None
-    notes: list[str] = field(default_factory=list)
-    shown: list[int] = field(default_factory=list)
-    last_shown: list[int] = field(default_factory=list)
-    asked: list[str] = field(default_factory=list)
-    accepted: int | None = None
-    turn: int = 0
-    dropped: list[str] = field(default_factory=list)
-    """Preferences a later message contradicted (kept for the trace, not used)."""
-
-    @classmethod
-    def of(cls, saved: dict[str, Any]) -> ChatState:
-        """A state from its saved (JSON) form."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in names})
-
-    def trim(self) -> None:
-        """Keep the most recent :data:`KEEP` entries of each list."""
-        for name, keep in KEEP.items():
-            del getattr(self, name)[:-keep]
-
-    def knows_anything(self) -> bool:
-        return bool(self.liked or self.genres or self.notes)
-
-    def missing(self) -> str | None:
-        """The first slot neither told nor asked about."""
-        told = {"genre": bool(self.genres or self.notes), "title": bool(self.liked),
-                "era": self.year_min is not None or self.year_max is not None}  # fmt: skip
-        return next((s for s in SLOTS if not told[s] and s not in self.asked), None)
-
-
-@dataclass
-class Update:
-    """What one message changed: lets the policy tell a narrowing from a new topic."""
-
-    liked: list[int] = field(default_factory=list)
-    disliked: list[int] = field(default_factory=list)
-    genres: list[str] = field(default_factory=list)
-    avoid_genres: list[str] = field(default_factory=list)
-    years: bool = False
-    note: str | None = None
-    accept: bool = False
-    taken: list[int] = field(default_factory=list)
-    """Items of the last answer the message named (positively): the one accepted."""
-    more: bool = False
-
-    @property
-    def broadens(self) -> bool:
-        """New things to search for (not only constraints on what is there)."""
-        return bool(self.liked or self.genres or self.note)
-
-    @property
-    def narrows(self) -> bool:
-        return bool(self.avoid_genres or self.years or self.disliked)
 
 
 @dataclass
@@ -186,107 +82,20 @@ class Turn:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-class PreferenceParser:
-    """Reads titles, genres, years and acceptance off a message, clause by clause."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        frame = service.data.catalog.frame
-        names = sorted({g for gs in frame["genres"] for g in gs})
-        self.genre_words = {normalize(g): g for g in names if g != "(no genres listed)"}
-        self.genre_words.update({normalize(w): g for w, g in WORDS_FOR.items() if g in names})
-        self.max_year = int(np.nanmax(service.data.catalog.years))
-
-    def parse(self, message: str, state: ChatState) -> Update:
-        up = Update()
-        low = re.sub(r"[\"“][^\"”]*[\"”]", " ", message.lower())  # a quoted title is not "perfect"
-        up.accept = bool(ACCEPT.search(low)) and not NEGATION.search(low)
-        up.more = bool(MORE.search(low))
-        rest = []
-        for clause in re.split(r"[.;!?]|,\s*|\bbut\b", message):
-            if not clause.strip():
-                continue
-            neg = bool(NEGATION.search(clause.lower()))
-            named = self._titles(clause)
-            if neg:
-                up.disliked += named
-            elif up.accept:  # "yes, I'll watch X": X taken if just shown, else liked
-                up.taken += [i for i in named if i in state.last_shown]
-                up.liked += [i for i in named if i not in state.last_shown]
-            else:  # "I liked X" about a film just shown: seen it, a preference
-                up.liked += named
-            words = f" {normalize(clause)} "
-            for w, g in self.genre_words.items():
-                if f" {w} " in words or f" {w}s " in words:
-                    (up.avoid_genres if neg else up.genres).append(g)
-            up.years |= self._years(clause.lower(), state)
-            if not named and not neg and not MORE.search(clause.lower()):
-                rest.append(clause.strip())
-        note = " ".join(r for r in rest if informative(r))
-        up.note = note or None
-        return up
-
-    def _titles(self, text: str) -> list[int]:
-        named, _ = self.service.titles.mentions(text, COMMON)
-        return [self.service.most_rated(ids) for ids in named.values()]
-
-    def _years(self, text: str, state: ChatState) -> bool:
-        m = re.search(r"\b(?:(19|20)?(\d)0)'?s\b", text)
-        if m:
-            century = m.group(1) or ("20" if m.group(2) in "012" else "19")
-            start = int(f"{century}{m.group(2)}0")
-            state.year_min, state.year_max = start, start + 9
-            return True
-        changed = False
-        if m := re.search(r"\b(after|since|newer than)\s+((?:19|20)\d\d)\b", text):
-            state.year_min = int(m.group(2)) + (m.group(1) != "since")
-            changed = True
-        if m := re.search(r"\b(before|older than)\s+((?:19|20)\d\d)\b", text):
-            state.year_max = int(m.group(2)) - 1
-            changed = True
-        if re.search(r"\b(recent|new|newer|latest)\b", text) and not changed:
-            state.year_min, state.year_max = self.max_year - 10, None
-            changed = True
-        if re.search(r"\b(old|older|classic|classics)\b", text) and not changed:
-            state.year_min, state.year_max = None, 1979
-            changed = True
-        return changed
-
-
-def apply(state: ChatState, up: Update, catalog_title: Callable[[int], str]) -> None:
-    """Lay an update over the state; whatever it contradicts is dropped (and recorded)."""
-
-    def take(
-        new: Sequence[Any], into: list[Any], against: list[Any], was: Callable[[Any], str]
-    ) -> None:
-        for x in new:
-            if x in against:
-                against.remove(x)
-                state.dropped.append(was(x))
-            if x not in into:
-                into.append(x)
-
-    take(up.liked, state.liked, state.disliked, lambda i: f"disliked {catalog_title(i)}")
-    take(up.disliked, state.disliked, state.liked, lambda i: f"liked {catalog_title(i)}")
-    take(up.genres, state.genres, state.avoid_genres, lambda g: f"no {g}")
-    take(up.avoid_genres, state.avoid_genres, state.genres, lambda g: f"likes {g}")
-    if up.note:
-        state.notes.append(up.note)
-
-
 class ChatAgent:
     """Runs turns against a :class:`Service`; sessions live in a
     :class:`~recfunnel.serve.sessions.SessionStore` (the service's storage by default)."""
 
     def __init__(self, service: Service, decide: Literal["llm", "rules"] | None = None,
-                 k: int | None = None, sessions: SessionStore | None = None) -> None:  # fmt: skip
+                 k: int | None = None, sessions: SessionStore | None = None,
+                 guard: StorageGuard | None = None) -> None:  # fmt: skip
         cfg = service.config.chat
         self.service = service
         self.decide = decide or cfg.decide
         self.k = k or cfg.k
         self.parser = PreferenceParser(service)
         self.sessions = (
-            sessions if sessions is not None else sessions_from(service.config.storage, cfg)
+            sessions if sessions is not None else sessions_from(service.config.storage, cfg, guard)
         )
 
     # ---- sessions ------------------------------------------------------------------
@@ -332,6 +141,8 @@ class ChatAgent:
             question = QUESTIONS[slot].format(noun=self.service.data.catalog.noun)
             return self._turn(sid, st, "ask", question, [], asked=slot, decided_by=by)
         answer, tools = self._act(st, action)
+        if action != "filter":
+            st.pool = [[i, s] for i, s in answer.pool]
         items = [it for it in answer.items if it.index in answer.candidates]
         st.shown.extend(it.index for it in items)
         st.last_shown = [it.index for it in items]
@@ -349,7 +160,7 @@ class ChatAgent:
         out: list[Action] = []
         if st.missing() is not None and not up.more:
             out.append("ask")
-        if st.shown and up.narrows and not up.broadens:
+        if st.pool and up.narrows and not up.broadens:
             out.append("filter")
         out += ["retrieve", "recommend"]
         return out
@@ -429,11 +240,24 @@ class ChatAgent:
 
     def _act(self, st: ChatState, action: Action) -> tuple[Answer, list[str]]:
         req, narrow = self.request(st), self.narrow(st)
+        if action == "filter":
+            return self.filtered(st, req, narrow), ["filter"]
         if action == "recommend":
             return self.service.recommend(req, self.k, narrow=narrow), ["retrieve", "filter",
                                                                         "rerank"]  # fmt: skip
         ans = self.service.recommend(req, self.k, narrow=narrow, use_llm=False)
-        return ans, (["filter"] if action == "filter" else ["retrieve", "filter"])
+        return ans, ["retrieve", "filter"]
+
+    def filtered(self, st: ChatState, req: Request,
+                 narrow: Callable[[np.ndarray], np.ndarray]) -> Answer:  # fmt: skip
+        """The filter tool: the session's pool from its last retrieval, narrowed, with no
+        new retrieval; its candidates are that pool's items."""
+        t0 = time.perf_counter()
+        score = {int(i): float(s) for i, s in st.pool}
+        kept = [int(i) for i in narrow(np.asarray(list(score), dtype=np.int64))][: self.k]
+        items = self.service.items(req, [(i, score[i]) for i in kept], set(score))
+        ms = 1000 * (time.perf_counter() - t0)
+        return Answer(items, "filter", False, None, {"filter": ms, "total": ms}, set(score))
 
     def _turn(self, sid: str, st: ChatState, action: str, reply: str, items: list[Item],
               **kw: Any) -> Turn:  # fmt: skip

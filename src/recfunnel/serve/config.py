@@ -31,6 +31,18 @@ MAX_K = 50
 STORAGE_SCHEMES = ("memory://", "redis://", "rediss://")
 
 
+def key_problem(key: str) -> str | None:
+    """Why a configured key could never match a bearer header (a presented token is
+    stripped and read as Latin-1), or None: it must be printable ASCII without spaces."""
+    if not key.strip():
+        return "an empty key would leave the server open: give one, or remove the setting"
+    if key != key.strip():
+        return "the key has surrounding spaces, so no request could match it: remove them"
+    if not all("!" <= c <= "~" for c in key):
+        return "a key is printable ASCII without spaces"
+    return None
+
+
 class BreakerConfig(Strict):
     """Stop calling a failing LLM back-end for ``reset_s`` after ``failures`` in a row."""
 
@@ -40,12 +52,18 @@ class BreakerConfig(Strict):
 
 class ChatConfig(Strict):
     sessions: int = Field(
-        1000, ge=1, description="live sessions in all; past it a new one is refused (503)"
+        1000,
+        ge=1,
+        description="live sessions in all; past it a new one evicts the idlest "
+        "session of the client holding the most (503 only when every client holds one)",
     )
     sessions_per_client: int = Field(
         20, ge=1, description="live sessions per client; its own oldest goes for a new one"
     )
     ttl_s: float = Field(3600.0, gt=0, description="idle seconds before a session is dropped")
+    ttl_first_s: float = Field(
+        300.0, gt=0, description="idle seconds before a session that had only one turn is dropped"
+    )
     k: int = Field(5, ge=1, le=MAX_K, description="items shown per recommendation turn")
     decide: Literal["llm", "rules"] = Field(
         "llm", description="who picks the next action among the allowed ones"
@@ -115,12 +133,31 @@ class ServeConfig(Strict):
         default_factory=list,
         description="addresses or networks (CIDR) whose X-Forwarded-For is believed",
     )
+    ipv6_prefix: int = Field(
+        64, ge=32, le=128, description="an IPv6 client's rate-limit bucket: its /ipv6_prefix"
+    )
     storage: str = Field(
         "memory://",
         description="rate limits and chat sessions: memory:// (one process) or "
         "redis://host:port/db (shared by workers and replicas)",
     )
     max_body_bytes: int = Field(65536, ge=1024)
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="seconds to receive a whole request body (else 408)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds for a new connection to send its request headers"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="open connections and requests per process; past it, 503"
+    )
+    concurrency: int = Field(
+        4, ge=1, description="requests running the pipeline at once; the rest wait in a queue"
+    )
+    queue: int = Field(256, ge=0, description="requests waiting for the pipeline; past it, 503")
+    queue_timeout_s: float = Field(
+        20.0, gt=0, description="seconds a request may wait in the queue (then 503)"
+    )
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     warmup: bool = Field(True, description="load the models and embedder before serving")
@@ -129,6 +166,21 @@ class ServeConfig(Strict):
     @classmethod
     def _builtin(cls, v: Any) -> Any:
         return builtin_any(v).model_dump() if isinstance(v, str) else v
+
+    @field_validator("api_key", "metrics_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and (problem := key_problem(v)) is not None:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for i, key in enumerate(v):
+            if (problem := key_problem(key)) is not None:
+                raise ValueError(f"entry {i}: {problem}")
+        return v
 
     @field_validator("rate_limit", "auth_fail_limit")
     @classmethod

@@ -19,7 +19,7 @@ class Metrics:
     """What ``GET /metrics`` exposes: every response by endpoint and status (5xx too),
     latency per endpoint and per stage, LLM calls, cache hits, back-end failures,
     timeouts and circuit-open short-cuts, fallbacks by reason, the circuit breaker, the
-    guard, refused keys and rate limits."""
+    guard, refused keys and rate limits, storage outages and the pipeline's queue."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -56,6 +56,15 @@ class Metrics:
                                     "from its address)", ["limit"], registry=r)  # fmt: skip
         self.auth_failed = Counter("recfunnel_auth_failed", "requests refused (401): no key "
                                    "or a wrong one", registry=r)  # fmt: skip
+        self.storage_unavailable = Counter("recfunnel_storage_unavailable", "requests "
+                                           "refused (503) because the storage did not "
+                                           "answer, by use: limits or sessions", ["use"],
+                                           registry=r)  # fmt: skip
+        self.overloaded = Counter("recfunnel_overloaded", "requests refused (503) by the "
+                                  "pipeline's queue: full, or waited past its deadline",
+                                  ["why"], registry=r)  # fmt: skip
+        self.queued = Gauge("recfunnel_queued", "requests waiting for the pipeline",
+                            registry=r, multiprocess_mode="livesum")  # fmt: skip
         self.chat_actions = Counter("recfunnel_chat_actions", "chat turns by action", ["action"],
                                     registry=r)  # fmt: skip
 

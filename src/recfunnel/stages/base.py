@@ -24,20 +24,34 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    Self,
+    TypeVar,
+    runtime_checkable,
+)
 
 import numpy as np
 from pydantic import Field
 
-from recfunnel.core.candidates import PAD, CandidateBatch, cut, prev_ranks
+from recfunnel.core.candidates import CandidateBatch, cut, prev_ranks
 from recfunnel.core.config import Strict
+from recfunnel.core.errors import NotFittedError
 from recfunnel.core.types import Catalog, EvalSet, Interactions, Request, Split
-from recfunnel.llm import PROCESS_POOL, LLMPool
+from recfunnel.llm import PROCESS_POOL, LLMConfig, LLMPool, Meter
+from recfunnel.stages.stats import LLMStats, StageStats
+from recfunnel.stages.text import PromptStyle
 
 if TYPE_CHECKING:
-    from recfunnel.llm import LLM, LLMConfig, Usage
+    from recfunnel.llm import LLM
 
 Mode = Literal["pool", "list", "head", "note"]
 
@@ -52,94 +66,22 @@ class StageConfig(Strict):
     )
 
 
+class LLMStageConfig(StageConfig):
+    """What every stage that asks an LLM has: the model, how much of the history and of
+    each title its prompts show, what they call an item, and the seed of its shuffles.
+    A stage whose defaults differ (the rerankers show more history) redeclares the field."""
+
+    history_items: int = Field(5, ge=0, description="most recent history items shown")
+    title_chars: int = Field(40, ge=8, description="titles are cut to this many characters")
+    noun: str = Field(
+        "item", description="what the prompt calls an item (movie, artist…; default: the "
+        "catalog's own)",
+    )  # fmt: skip
+    seed: int = 0
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+
 C = TypeVar("C", bound=StageConfig)
-
-
-# ---- what a stage reports ------------------------------------------------------------
-@dataclass
-class StageStats:
-    """What one stage call did, as counts that add up over batches and engines (a Ray run
-    sums them, so its figures are exact, never averages of rates); :meth:`figures` turns
-    them into the rates the reports print."""
-
-    CONSTANT: ClassVar[tuple[str, ...]] = ()
-    """Fields that are settings, not counts: merging keeps the first value."""
-
-    rows: int = 0
-    """Requests this call answered."""
-    users: int = 0
-    """Denominator of per-user figures: ``rows``, unless a router shares a path's cost
-    out over every request it saw."""
-    fallback_rows: int = 0
-
-    def figures(self) -> dict[str, float]:
-        """The stage's figures as JSON numbers, under their long-standing names."""
-        return {"fallback_rate": self.fallback_rows / self.rows if self.rows else 0.0}
-
-    def merge(self, other: StageStats) -> StageStats:
-        """The figures of this call and ``other`` (later rows) together."""
-        out = dataclasses.replace(self)
-        for f in dataclasses.fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name in self.CONSTANT:
-                continue
-            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a is None:
-                setattr(out, f.name, None if a is None or b is None else np.concatenate([a, b]))
-            else:
-                setattr(out, f.name, a + b)
-        return out
-
-    @staticmethod
-    def merged(parts: Sequence[StageStats]) -> StageStats:
-        out = parts[0]
-        for p in parts[1:]:
-            out = out.merge(p)
-        return out
-
-
-@dataclass
-class LLMStats(StageStats):
-    """A stage that asked an LLM: calls and tokens (cached answers count: they are what the
-    method costs), seconds really spent, back-end errors, invalid outputs."""
-
-    llm_calls: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    llm_seconds: float = 0.0
-    llm_errors: int = 0
-    outputs: int = 0
-    """LLM outputs parsed (the denominator of the invalid rate)."""
-    invalid_outputs: int = 0
-    invalid_rows: int = 0
-    row_seconds: np.ndarray | None = None
-    """Each row's LLM compute time, as measured when the answer was computed (kept with
-    cached answers, so a cached rerun still reports the real cost)."""
-
-    def add_usage(self, used: Usage) -> None:
-        self.llm_calls += used.calls
-        self.cache_hits += used.cache_hits
-        self.prompt_tokens += used.prompt_tokens
-        self.completion_tokens += used.completion_tokens
-        self.llm_seconds += used.seconds
-        self.llm_errors += used.errors
-
-    def figures(self) -> dict[str, float]:
-        per, rows = max(self.users, 1), self.rows
-        return {
-            **super().figures(),
-            "llm_calls": float(self.llm_calls),
-            "cache_hits": float(self.cache_hits),
-            "prompt_tokens": float(self.prompt_tokens),
-            "completion_tokens": float(self.completion_tokens),
-            "llm_seconds": float(self.llm_seconds),
-            "llm_errors": float(self.llm_errors),
-            "llm_calls_per_user": self.llm_calls / per,
-            "prompt_tokens_per_user": self.prompt_tokens / per,
-            "completion_tokens_per_user": self.completion_tokens / per,
-            "invalid_rate": self.invalid_outputs / self.outputs if self.outputs else 0.0,
-            "invalid_row_rate": self.invalid_rows / rows if rows else 0.0,
-        }
 
 
 # ---- what a stage receives ------------------------------------------------------------
@@ -168,9 +110,6 @@ class Trace:
     stats: dict[str, StageStats] = field(default_factory=dict)
     route: str | None = None
     """Which path answered (a router's "cold"/"warm"); None for a plain funnel."""
-    pending: bool = False
-    """After ``prepare``: whether LLM stages are still to run (a server runs them within
-    its latency budget; the list so far is what it falls back to)."""
     parts: list[tuple[str, np.ndarray, Trace]] | None = None
     """A router's prepared sub-traces: (path, rows, trace)."""
 
@@ -188,12 +127,15 @@ class Trace:
                               {"prev_rank": prev_ranks(f)[:, :top_n]})  # fmt: skip
 
     def take(self, rows: np.ndarray) -> Trace:
-        """The trace restricted to ``rows`` (indices), for a stage that runs on some rows."""
-        return Trace(
-            [self.requests[int(i)] for i in rows], self.k, self.depth,
-            None if self.final is None else self.final.take(rows),
-            {n: b.take(rows) for n, b in self.batches.items()}, dict(self.modes),
-            {n: b.take(rows) for n, b in self.inputs.items()},
+        """The trace restricted to ``rows`` (indices), for a stage that runs on some rows:
+        every per-row output taken, the run's timings and figures kept as they are."""
+        return dataclasses.replace(
+            self, requests=[self.requests[int(i)] for i in rows],
+            final=None if self.final is None else self.final.take(rows),
+            batches={n: b.take(rows) for n, b in self.batches.items()}, modes=dict(self.modes),
+            inputs={n: b.take(rows) for n, b in self.inputs.items()},
+            notes={n: b.take(rows) for n, b in self.notes.items()},
+            timings=dict(self.timings), stats=dict(self.stats), parts=None,
         )  # fmt: skip
 
     @property
@@ -250,10 +192,26 @@ class Stage(abc.ABC, Generic[C]):
     shareable: ClassVar[bool] = False
     """A pure function of the training data: fitted once per run for identical configs
     (pipelines of one experiment share their retrievers)."""
+    keeps_order: ClassVar[bool] = False
+    """A ``head`` stage that annotates its head without reordering it (LLM features): the
+    funnel checks the order is kept and records no input positions for it."""
 
     def __init__(self, config: C | None = None) -> None:
         default: Any = self.config_class
         self.config: C = config if config is not None else default()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every stage's ``fit`` marks it fitted and its ``__call__`` refuses to run before:
+        the contract's rule kept by the base class, so no stage checks it by hand."""
+        super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:
+            cls.fit = _marks_fitted(cls.__dict__["fit"])  # type: ignore[method-assign]
+        if "__call__" in cls.__dict__:
+            cls.__call__ = _needs_fit(cls.__dict__["__call__"])  # type: ignore[method-assign]
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.__dict__.get("fitted_", False))
 
     @property
     def name(self) -> str:
@@ -265,7 +223,9 @@ class Stage(abc.ABC, Generic[C]):
         return int(getattr(self.config, "top_n", 0))
 
     def fit(self, ctx: FitContext) -> Self:
-        """Learn from the training split; learned state goes in attributes ending in ``_``."""
+        """Learn from the training split; learned state goes in attributes ending in ``_``
+        (never into ``config``: it stays what the user asked for)."""
+        self.fitted_ = True
         return self
 
     def tune(self, valid: EvalSet, ctx: TuneContext) -> dict[str, Any] | None:
@@ -277,6 +237,13 @@ class Stage(abc.ABC, Generic[C]):
     def tunes(self) -> bool:
         return type(self).tune is not Stage.tune
 
+    def refit_config(self) -> StageConfig:
+        """The config that fits this stage afresh on other training data as it was chosen
+        here: its config with what :meth:`tune` picked fixed (a grid's choice). The learned
+        ranker's simulated lists refit the stages before it with it; the stage's own
+        ``config`` stays what the user wrote."""
+        return self.config
+
     @property
     def tune_users(self) -> int | None:
         """Validation users :meth:`tune` reads (a seeded sample; None: all)."""
@@ -284,11 +251,42 @@ class Stage(abc.ABC, Generic[C]):
 
     @abc.abstractmethod
     def __call__(self, requests: Sequence[Request], trace: Trace) -> CandidateBatch:
-        """This stage's output for every request, given the trace so far."""
+        """This stage's output for every request, given the trace so far; what the call did
+        (LLM calls, tokens, invalid outputs) comes back in the batch's ``stats``. A call
+        leaves the stage as it found it."""
 
-    def stats(self) -> StageStats | None:
-        """Figures of the last call (LLM calls, tokens, invalid outputs); None: none."""
-        return None
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _marks_fitted(fit: F) -> F:
+    @functools.wraps(fit)
+    def wrapper(self: Stage[Any], ctx: FitContext) -> Any:
+        out = fit(self, ctx)
+        self.fitted_ = True
+        return out
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _needs_fit(call: F) -> F:
+    @functools.wraps(call)
+    def wrapper(self: Stage[Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.fitted:
+            raise NotFittedError(f"{self.name} is not fitted: call fit() before asking it")
+        return call(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@runtime_checkable
+class Explainable(Protocol):
+    """A stage whose learned model can say what each feature is worth on given users
+    (the learned ranker's permutation importance, read by the diagnosis)."""
+
+    def permutation_importance(self, requests: Sequence[Request], trace: Trace,
+                               truth: Sequence[np.ndarray], repeats: int = 5,
+                               seed: int = 0) -> dict[str, dict[str, float]]: ...  # fmt: skip
 
 
 class LLMStage(Stage[C]):
@@ -305,6 +303,17 @@ class LLMStage(Stage[C]):
     def llm_config(self) -> LLMConfig:
         llm: LLMConfig = self.config.llm  # type: ignore[attr-defined]
         return llm
+
+    def prompt_style(self, catalog: Catalog, **extra: Any) -> PromptStyle:
+        """How this stage's prompts show items, from its config (``noun`` defaulting to
+        what the catalog calls its items): built once, at fit time."""
+        c: Any = noun_for(self.config, catalog)
+        return PromptStyle(noun=c.noun, history_items=c.history_items,
+                           title_chars=c.title_chars, **extra)  # fmt: skip
+
+    def meter(self) -> Meter:
+        """Counts what this stage's model is asked from now on (see :class:`Meter`)."""
+        return Meter(self.llm)
 
     @property
     def llm(self) -> LLM:
@@ -326,12 +335,8 @@ def noun_for(config: Any, catalog: Catalog) -> Any:
     return config
 
 
-def positions(items: np.ndarray) -> np.ndarray:
-    """Each cell's column, -1 for padding: the input position of an unmoved head."""
-    return np.where(items != PAD, np.arange(items.shape[1])[None, :], -1)
-
-
 __all__ = [
+    "Explainable",
     "FitContext",
     "LLMStage",
     "LLMStats",
@@ -343,5 +348,4 @@ __all__ = [
     "TuneContext",
     "cut",
     "noun_for",
-    "positions",
 ]

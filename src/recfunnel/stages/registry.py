@@ -37,16 +37,16 @@ REGISTRY: dict[str, Entry] = {
         # retrieve: candidate pools
         Entry("popularity", "retrieve.popularity:PopularityRetriever", None, "most interacted"),
         Entry("random", "retrieve.popularity:RandomRetriever", None, "random items (the floor)"),
-        Entry("cf", "retrieve.cf:CFRetriever", None, "ALS, item-kNN or BM25 (implicit)"),
+        Entry("cf", "retrieve.cf:CFRetriever", None, "ALS, item-kNN, BM25, EASE or RP3β"),
         Entry("content", "retrieve.content:ContentRetriever", "embed", "text embeddings, faiss"),
         Entry("sasrec", "retrieve.sasrec:SASRecRetriever", "embed", "SASRec (PyTorch)"),
         Entry("fuse", "retrieve.fuse:Fuse", None, "reciprocal-rank or weighted fusion"),
         # rank: learned rankers
         Entry("ltr", "rank.ltr:LTRRanker", "embed", "LightGBM LambdaRank over the trace"),
         # rerank: LLM and classical
-        Entry("verbalizer", "rerank.llm:VerbalizerReranker", None, "LlamaRec: label log-probs"),
-        Entry("permutation", "rerank.llm:PermutationReranker", None, "RankGPT: a permutation"),
-        Entry("pointwise", "rerank.llm:PointwiseReranker", None, "TALLRec: P(yes) per item"),
+        Entry("verbalizer", "rerank.methods:VerbalizerReranker", None, "LlamaRec: label log-probs"),
+        Entry("permutation", "rerank.methods:PermutationReranker", None, "RankGPT: a permutation"),
+        Entry("pointwise", "rerank.methods:PointwiseReranker", None, "TALLRec: P(yes) per item"),
         Entry("goal", "rerank.goal:GoalReranker", None, "LLM4Rerank's goal-driven graph"),
         Entry("mmr", "rerank.aspects:AspectReranker", None, "maximal marginal relevance"),
         Entry("dpp", "rerank.aspects:AspectReranker", None, "determinantal point process"),

@@ -44,7 +44,7 @@ def test_every_aspect_reranker_returns_a_permutation(method):
     out = rerank(method, rows, trade_off=0.3)
     for r, row in enumerate(rows):
         assert sorted(out.items[r].tolist()) == sorted(row.tolist())
-        assert out.items[r].tolist() == row[out.extras["input_pos"][r]].tolist()
+    assert "input_pos" not in out.extras  # where items sat is the funnel's to derive
 
 
 @pytest.mark.parametrize("method", ["mmr", "dpp"])

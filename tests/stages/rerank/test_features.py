@@ -39,7 +39,7 @@ def run(st: LLMFeatures, rows: list[list[int]], reqs=REQS) -> CandidateBatch:
     scores = -np.arange(items.shape[1], dtype=float)[None].repeat(len(rows), axis=0)
     batch = CandidateBatch(items, scores, "fuse:rrf")
     trace = Trace(reqs[: len(rows)], k=items.shape[1], depth=items.shape[1], final=batch,
-                  batches={"fuse:rrf": batch}, modes={"fuse:rrf": "fuse"})  # fmt: skip
+                  batches={"fuse:rrf": batch}, modes={"fuse:rrf": "list"})  # fmt: skip
     return st(reqs[: len(rows)], trace)
 
 
@@ -122,7 +122,7 @@ def test_backend_down_leaves_nan_and_counts_the_fallback():
     assert out.items.tolist() == [[1, 7, 3, 9, 5], [2, 4, 6, 8, 10]]
     assert out.fallback.tolist() == [True, True]
     assert all(np.isnan(out.extras[k]).all() for k in FEATURES)
-    assert st.stats().fallback_rows == 2
+    assert out.stats.fallback_rows == 2 and out.stats.rows == 2
 
 
 def test_short_rows_keep_padding_out():

@@ -58,17 +58,17 @@ def test_walk_follows_next_nodes_and_keeps_the_history_pool():
     r, llm = walker(script, goal="accuracy+diversity")
     out = r.rerank(REQS, head())
     assert out.items[0].tolist() == [0, 6, 1, 7, 2, 8]
-    assert [s["node"] for s in r.traces_[0]] == ["accuracy", "diversity"]
+    assert [s["node"] for s in out.stats.walks[0]] == ["accuracy", "diversity"]
     assert "different genres" in llm.prompts[0]  # the goal sentence is in every prompt
-    assert len(llm.prompts) == 4 and r.stats().figures()["visits_per_user"] == 2
-    assert r.stats().figures()["invalid_rate"] == 0 and not out.fallback.any()
+    assert len(llm.prompts) == 4 and out.stats.figures()["visits_per_user"] == 2
+    assert out.stats.figures()["invalid_rate"] == 0 and not out.fallback.any()
 
 
 def test_visit_limit_forces_a_stop():
     r, llm = walker(lambda p: "Ranking: 6, 5, 4, 3, 2, 1\nNext: fairness", max_visits=3)
     out = r.rerank(REQS, head())
     assert len(llm.prompts) == 2 * 3
-    assert r.stats().figures()["forced_stop_rate"] == 1.0
+    assert out.stats.figures()["forced_stop_rate"] == 1.0
     assert out.items[0].tolist() == [8, 7, 6, 2, 1, 0]
 
 
@@ -83,7 +83,7 @@ def test_backward_undoes_the_last_result():
 
     r, _ = walker(script)
     out = r.rerank(REQS, head())
-    nodes = [s["node"] for s in r.traces_[0]]
+    nodes = [s["node"] for s in out.stats.walks[0]]
     assert nodes == ["accuracy", "diversity", "backward", "accuracy"]
     assert out.items[0].tolist() == [1, 0, 2, 6, 7, 8]
 
@@ -106,8 +106,8 @@ def test_invalid_answer_is_reasked_once_with_the_specific_error(bad, error):
     out = r.rerank(REQS, head())
     assert error in llm.prompts[-1]  # the re-ask names what was wrong
     assert out.items[0].tolist() == [2, 1, 0, 6, 7, 8]
-    assert r.traces_[0][-1]["reasked"] is True
-    assert r.stats().figures()["invalid_rate"] == 0.5 and r.stats().figures()["skipped_rate"] == 0
+    assert out.stats.walks[0][-1]["reasked"] is True
+    assert out.stats.figures()["invalid_rate"] == 0.5 and out.stats.figures()["skipped_rate"] == 0
 
 
 def test_twice_invalid_node_is_skipped_and_the_input_order_kept():
@@ -116,9 +116,9 @@ def test_twice_invalid_node_is_skipped_and_the_input_order_kept():
     assert len(llm.prompts) == 2 * 2  # one ask + one re-ask per user, then the node is skipped
     assert out.items.tolist() == head().items.tolist()
     assert out.fallback.all()
-    s = r.stats().figures()
+    s = out.stats.figures()
     assert s["invalid_rate"] == 1.0 and s["skipped_rate"] == 0.5 and s["fallback_rate"] == 1.0
-    assert r.traces_[0][-1]["skipped"] is True
+    assert out.stats.walks[0][-1]["skipped"] is True
 
 
 def test_answer_cut_after_its_ranking_gets_the_models_most_likely_node():
@@ -137,13 +137,13 @@ def test_answer_cut_after_its_ranking_gets_the_models_most_likely_node():
 
     llm = ScriptedLLM(text=script, logprobs=logprobs)
     r = GoalReranker(GoalConfig(propose=False)).fit(FitContext(None, CAT, 0, LLMPool(override=llm)))
-    r.rerank(REQS, head())
-    step = r.traces_[0][0]
+    out = r.rerank(REQS, head())
+    step = out.stats.walks[0][0]
     assert step["answer"] == "Ranking: [3, 2, 1, 4, 5, 6]\nNext: fairness"
     assert step["next"] == "fairness" and not step["reasked"]
-    assert [s["node"] for s in r.traces_[0]] == ["accuracy", "fairness"]
-    assert r.stats().figures()["invalid_rate"] == 0 and r.stats().figures()["continued_rate"] == 0.5
-    assert step["continued"] and not r.traces_[0][1]["continued"]
+    assert [s["node"] for s in out.stats.walks[0]] == ["accuracy", "fairness"]
+    assert out.stats.figures()["invalid_rate"] == 0 and out.stats.figures()["continued_rate"] == 0.5
+    assert step["continued"] and not out.stats.walks[0][1]["continued"]
     assert llm.prompts[0].rstrip().endswith("Ranking: [")  # the prefill opens every answer
 
 
@@ -154,8 +154,8 @@ def test_counting_past_the_last_id_is_cut_there_and_continued():
     r = GoalReranker(GoalConfig()).fit(FitContext(None, CAT, 0, LLMPool(override=llm)))
     out = r.rerank(REQS, head())
     assert out.items.tolist() == head().items.tolist() and not out.fallback.any()
-    assert r.stats().figures()["invalid_rate"] == 0 and r.stats().figures()["continued_rate"] == 1.0
-    assert r.traces_[0][0]["answer"] == "Ranking: [1, 2, 3, 4, 5, 6]\nNext: stop"
+    assert out.stats.figures()["invalid_rate"] == 0 and out.stats.figures()["continued_rate"] == 1.0
+    assert out.stats.walks[0][0]["answer"] == "Ranking: [1, 2, 3, 4, 5, 6]\nNext: stop"
 
 
 def test_parser_accepts_only_full_rankings_and_known_nodes():
@@ -183,7 +183,9 @@ def test_nodes_propose_their_classical_order_and_the_goal_acts_through_the_path(
     # Drama 0,1,2 then Comedy 6,7,8: MMR (λ .7) breaks the Drama run with the best Comedy;
     # once both genres are picked every item is fully similar, so relevance decides
     assert out.items[0].tolist() == [0, 6, 1, 2, 7, 8]
-    assert r.traces_[0][1]["kept_proposal"] and r.stats().figures()["kept_proposal_rate"] == 1.0
+    assert (
+        out.stats.walks[0][1]["kept_proposal"] and out.stats.figures()["kept_proposal_rate"] == 1.0
+    )
 
     r, _ = walker(
         copy_listed({"accuracy": "fairness", "fairness": "stop"}), propose=True, target=0.5
@@ -213,8 +215,8 @@ def test_proposal_ids_number_the_listed_order_and_map_back():
     r, _ = walker(script, propose=True)
     out = r.rerank(REQS, head())
     assert out.items[0].tolist() == [6, 0, 1, 2, 7, 8]
-    assert r.traces_[0][1]["result"] == [3, 0, 1, 2, 4, 5]  # input positions
-    assert not r.traces_[0][1]["kept_proposal"]
+    assert out.stats.walks[0][1]["result"] == [3, 0, 1, 2, 4, 5]  # input positions
+    assert not out.stats.walks[0][1]["kept_proposal"]
 
 
 def test_without_proposals_a_copying_model_returns_its_input():

@@ -15,10 +15,10 @@ from recfunnel.llm import LLMPool
 from recfunnel.pipeline import Funnel, Shared
 from recfunnel.stages.base import FitContext
 from recfunnel.stages.registry import build_stage
-from recfunnel.stages.rerank.llm import (
+from recfunnel.stages.rerank.llm import RerankConfig
+from recfunnel.stages.rerank.methods import (
     PermutationReranker,
     PointwiseReranker,
-    RerankConfig,
     VerbalizerReranker,
 )
 from recfunnel.stages.rerank.prompts import LABELS
@@ -71,10 +71,10 @@ def test_verbalizer_orders_by_label_logprob():
     )
     assert out.items.tolist() == [[9, 7, 5, 3, 1], [8, 6, 4, 2, 0]]
     assert out.stage == "rerank:verbalizer"
-    assert llm.usage.calls == 2  # one forward pass per user
-    # extras: raw LLM scores and where each output item sat in the input
-    assert out.extras["input_pos"][0].tolist() == [3, 1, 4, 2, 0]
-    assert np.all(np.diff(out.extras["llm_score"][0]) <= 0)
+    assert llm.usage.calls == 2 and out.stats.llm_calls == 2  # one forward pass per user
+    # extras: raw LLM scores, in the output order (input positions are the funnel's)
+    assert "input_pos" not in out.extras
+    assert np.all(np.diff(out.extras["llm_score"][0]) < 0)
 
 
 def test_position_bias_is_measured_and_averaged_by_shuffles():
@@ -83,14 +83,14 @@ def test_position_bias_is_measured_and_averaged_by_shuffles():
     assert one.items.tolist() == [[1, 2, 3, 4, 5, 6]]  # follows the input order exactly
     rr = make(VerbalizerReranker, ScriptedLLM(logprobs=prefers_first_slot), top_n=6, shuffles=4)
     out = rr.rerank(REQS[:1], head([[1, 2, 3, 4, 5, 6]]))
-    assert rr.stats().figures()["llm_calls"] == 4
-    assert rr.stats().figures()["order_agreement"] < 0.5  # orders disagree: the signal is position
+    assert out.stats.figures()["llm_calls"] == 4
+    assert out.stats.figures()["order_agreement"] < 0.5  # orders disagree: the signal is position
     assert sorted(out.items[0].tolist()) == [1, 2, 3, 4, 5, 6]
     # content signal survives shuffling: all orders agree
     rr = make(VerbalizerReranker, ScriptedLLM(logprobs=prefers_high_ids), top_n=6, shuffles=4)
     out = rr.rerank(REQS[:1], head([[1, 2, 3, 4, 5, 6]]))
     assert out.items.tolist() == [[6, 5, 4, 3, 2, 1]]
-    assert rr.stats().figures()["order_agreement"] == pytest.approx(1.0)
+    assert out.stats.figures()["order_agreement"] == pytest.approx(1.0)
 
 
 def test_verbalizer_scores_long_lists_in_chunks():
@@ -98,12 +98,16 @@ def test_verbalizer_scores_long_lists_in_chunks():
     rr = make(VerbalizerReranker, llm, top_n=45, window=20)
     rows = [list(range(45))]
     out = rr.rerank(REQS[:1], head(rows))
-    assert rr.stats().figures()["llm_calls"] == 3  # 20 + 20 + 5 candidates
+    assert out.stats.figures()["llm_calls"] == 3  # 20 + 20 + 5 candidates
     assert sorted(out.items[0].tolist()) == rows[0]
-    # within each chunk the content signal orders items; chunk scores are renormalised
     assert [len(titles_in(p)) for p in llm.prompts] == [20, 20, 5]
-    lp = out.extras["llm_score"][0]
-    assert np.isfinite(lp).all() and (lp <= 0).all()
+    # each prompt's label log-probs are renormalised over its own labels: every chunk's
+    # probabilities sum to 1, so the 5-item chunk's items are not favoured by its size
+    lp = dict(zip(out.items[0].tolist(), out.extras["llm_score"][0].tolist(), strict=True))
+    for lo, hi in ((0, 20), (20, 40), (40, 45)):
+        assert sum(np.exp(lp[i]) for i in range(lo, hi)) == pytest.approx(1.0)
+    # within a chunk the content signal orders items: the chunk's best beats its worst
+    assert lp[19] > lp[0] and lp[44] > lp[40]
 
 
 def test_shuffles_depend_on_seed_and_user_only():
@@ -124,8 +128,14 @@ def test_blend_weighs_the_previous_stage():
         .items.tolist()
         == rows
     )
+    assert (make(VerbalizerReranker, llm, top_n=5, blend=0.0).rerank(REQS[:1], head(rows))
+            .items.tolist() == [[5, 4, 3, 2, 1]])  # fmt: skip
+    # half and half: 0.5·z(log p) + 0.5·z(prior), by hand for log p = log((i+1)/100) and the
+    # prior (4 - rank) / 4 = [1, .75, .5, .25, 0]: [-.095, .074, .091, .025, -.094]
     mid = make(VerbalizerReranker, llm, top_n=5, blend=0.5).rerank(REQS[:1], head(rows))
-    assert sorted(mid.items[0].tolist()) == rows[0]
+    assert mid.items.tolist() == [[3, 2, 4, 5, 1]]
+    np.testing.assert_allclose(mid.scores[0], [0.0908, 0.0736, 0.0248, -0.0938, -0.0954],
+                               atol=5e-4)  # fmt: skip
 
 
 def shown_ranks(prompt: str) -> dict[int, int]:
@@ -146,7 +156,6 @@ def test_a_shuffled_input_keeps_the_previous_ranks():
     assert titles_in(llm.prompts[0]) == [13, 15, 11, 14, 12]  # listed as shuffled
     assert shown_ranks(llm.prompts[0]) == {11: 1, 12: 2, 13: 3, 14: 4, 15: 5}
     assert out.items.tolist() == rows  # the prior is the ranker's rank, not the listing
-    assert out.extras["input_pos"][0].tolist() == [2, 4, 0, 3, 1]
     assert out.extras["prev_rank"][0].tolist() == [0, 1, 2, 3, 4]
     # without a prior the position-biased model follows the listing
     plain = make(VerbalizerReranker, ScriptedLLM(logprobs=prefers_first_slot), top_n=5)
@@ -162,7 +171,7 @@ def test_pointwise_reads_p_yes_and_ignores_shuffles():
     rr = make(PointwiseReranker, llm, top_n=4, shuffles=5)
     out = rr.rerank(REQS[:1], head([[1, 2, 3, 4]]))
     assert out.items.tolist() == [[2, 4, 1, 3]]
-    assert rr.stats().figures()["llm_calls"] == 4  # one per candidate, no shuffles
+    assert out.stats.figures()["llm_calls"] == 4  # one per candidate, no shuffles
     np.testing.assert_allclose(out.extras["llm_score"][0], [0.9, 0.9, 0.2, 0.2])
 
 
@@ -182,7 +191,7 @@ def test_permutation_sliding_window_brings_best_to_top():
     llm = ScriptedLLM(text=reverse_ids)
     rr = make(PermutationReranker, llm, top_n=50, window=20, step=10)
     out = rr.rerank(REQS[:1], head([list(range(50))]))
-    assert rr.stats().figures()["llm_calls"] == 4 and rr.stats().figures()["invalid_rate"] == 0.0
+    assert out.stats.figures()["llm_calls"] == 4 and out.stats.figures()["invalid_rate"] == 0.0
     assert out.items[0, :10].tolist() == list(range(49, 39, -1))  # the top-10 is exact
     assert sorted(out.items[0].tolist()) == list(range(50))
 
@@ -192,9 +201,7 @@ def test_permutation_repairs_and_counts_invalid_output():
     rr = make(PermutationReranker, llm, top_n=4)
     out = rr.rerank(REQS, head([[10, 11, 12, 13], [20, 21, 22, 23]]))
     assert out.items.tolist() == [[12, 10, 11, 13], [22, 20, 21, 23]]
-    assert (
-        rr.stats().figures()["invalid_rate"] == 1.0 and rr.stats().figures()["fallback_rate"] == 0.0
-    )
+    assert out.stats.figures()["invalid_rate"] == 1.0 and out.stats.figures()["fallback_rate"] == 0
 
 
 def test_backend_down_keeps_input_order_and_counts_it():
@@ -205,14 +212,19 @@ def test_backend_down_keeps_input_order_and_counts_it():
     out = rr.rerank(REQS, h)
     assert out.items.tolist() == h.items.tolist()
     assert out.fallback.tolist() == [True, True]
-    assert rr.stats().figures()["fallback_rate"] == 1.0 and rr.stats().figures()["llm_errors"] >= 1
+    assert out.stats.figures()["fallback_rate"] == 1.0 and out.stats.figures()["llm_errors"] >= 1
 
 
 def test_short_rows_and_padding():
     llm = ScriptedLLM(logprobs=prefers_high_ids)
-    h = CandidateBatch(np.array([[3, 1, -1]]), np.array([[2.0, 1.0, -np.inf]]), "x")
-    out = make(VerbalizerReranker, llm, top_n=3).rerank(REQS[:1], h)
-    assert out.items.tolist() == [[3, 1, -1]]
+    h = CandidateBatch(np.array([[1, 3, -1], [-1, -1, -1]]),
+                       np.array([[2.0, 1.0, -np.inf], [-np.inf] * 3]), "x")  # fmt: skip
+    out = make(VerbalizerReranker, llm, top_n=3).rerank(REQS, h)
+    # the real items are reordered (the model prefers 3), the padding stays behind them
+    assert out.items.tolist() == [[3, 1, -1], [-1, -1, -1]]
+    assert np.isneginf(out.scores[0, 2]) and np.isnan(out.extras["llm_score"][0, 2])
+    assert [len(titles_in(p)) for p in llm.prompts] == [2]  # padding is never listed
+    assert out.stats.rows == 2 and not out.fallback.any()
 
 
 def test_merge_head_keeps_the_tail():

@@ -24,6 +24,8 @@ CONFIGS = {
     "als": CFConfig(model="als", seed=7),
     "itemknn": CFConfig(model="itemknn"),
     "bm25": CFConfig(model="bm25"),
+    "ease": CFConfig(model="ease", min_rating=4.5),  # the liked items: a few-second fit
+    "rp3beta": CFConfig(model="rp3beta", rp3_alpha=0.5, rp3_beta=0.0),
     "content": ContentConfig(),
     "sasrec": SASRecConfig(epochs=1, hidden=32, seed=7),
 }

@@ -5,26 +5,30 @@ The LLM writes "Because you liked X and Y, …" from the user's history. A groun
 rejects an answer that names a title outside the history and the candidates (a
 hallucination, or a movie the user never saw), or that names no history title at all
 (then it is not a reason *from the history*). A rejected answer is regenerated once with
-the specific error; a second rejection is replaced by a template reason built from the
-genres and tags the item shares with the history. Each outcome is counted, so the rate of
-grounded LLM reasons is a number the report shows, not a hope.
+the specific error; a second rejection is replaced by a template reason that states only
+catalog facts: the genres the item shares with the liked titles it names, or a plain
+popularity reason when it shares none. The same check (titles, years, shared genres) runs
+over the template reasons too. Each outcome is counted, so the rate of grounded LLM
+reasons, and of grounded template reasons beside it, is a number the report shows, not a
+hope.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import numpy as np
 from pydantic import Field
 
 from recfunnel.core.candidates import PAD, CandidateBatch, cut
+from recfunnel.core.errors import NotFittedError
+from recfunnel.core.titles import TitleIndex
 from recfunnel.core.types import Catalog, Request
-from recfunnel.llm.base import LLMConfig, Message
-from recfunnel.stages.base import FitContext, LLMStage, LLMStats, StageConfig, Trace
+from recfunnel.llm.base import Message, Meter
+from recfunnel.stages.base import FitContext, LLMStage, LLMStageConfig, LLMStats, Trace
 from recfunnel.stages.text import PromptStyle, history_block, item_line
 
 PROMPT_VERSION = "explain/1"
@@ -36,7 +40,7 @@ EXPLAIN_PREFILL = "Because you liked"
 Source = Literal["llm", "regenerated", "template"]
 
 
-class ExplainConfig(StageConfig):
+class ExplainConfig(LLMStageConfig):
     """Explanations for the top ``top_k`` items of every request."""
 
     kind: Literal["explain"] = "explain"
@@ -52,84 +56,7 @@ class ExplainConfig(StageConfig):
     require_history: bool = Field(
         True, description="reject a reason that names no title from the user's history"
     )
-    title_chars: int = Field(60, ge=8)
-    llm: LLMConfig = Field(default_factory=LLMConfig)
-
-
-def _ascii(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-
-
-def normalize(text: str) -> str:
-    """Lower-case words only: accents, punctuation and spacing do not decide a match."""
-    return " ".join(re.findall(r"[a-z0-9]+", _ascii(text).lower()))
-
-
-_YEAR = re.compile(r"\s*\(\d{4}(?:[-–]\d{0,4})?\)\s*$")
-_ARTICLE = re.compile(r"^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|El|L')$", re.IGNORECASE)
-
-
-def title_forms(title: str) -> set[str]:
-    """How a text may name a catalog title: as listed ("Dumbo (1941)"), without its year,
-    with a trailing article ("Matrix, The") moved to the front, and without any
-    alternative title in brackets."""
-    base = _YEAR.sub("", title).strip()
-    forms = {title, base, re.sub(r"\s*\(.*?\)", "", base).strip()}
-    for f in list(forms):
-        m = _ARTICLE.match(f)
-        if m:
-            forms |= {f"{m.group(2)} {m.group(1)}", m.group(1)}
-    return {n for n in map(normalize, forms) if n}
-
-
-class TitleIndex:
-    """Finds the catalog titles a text names. Unquoted, a title counts when it has two or
-    more words (its year counts: "Heat (1995)") and starts with a capital or a digit
-    ("Heat", "Children" or "the others" alone would match ordinary prose); any quoted
-    phrase is checked too, so a quoted title the catalog does not know counts as
-    invented."""
-
-    MAX_WORDS = 12
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.by_form: dict[str, set[int]] = {}
-        for i, title in enumerate(catalog.frame["title"].astype(str)):
-            for form in title_forms(title):
-                self.by_form.setdefault(form, set()).add(i)
-        self.catalog = catalog
-
-    def mentions(
-        self, text: str, single_words: Container[str] | None = None
-    ) -> tuple[dict[str, set[int]], list[str]]:
-        """(each title form named in ``text`` → the catalog items it may mean, quoted
-        phrases that are no catalog title). Longest match first, so "Star Wars: Episode IV
-        - A New Hope" is one title, not also "A New Hope". ``single_words``: also accept
-        capitalised one-word titles of 4+ letters except these (a user typing "Inception"
-        means the film; generated prose saying "Heat" may not)."""
-        raw = re.findall(r"[A-Za-z0-9]+", _ascii(text))
-        words = [w.lower() for w in raw]
-        found: dict[str, set[int]] = {}
-        shortest = 1 if single_words is not None else 2
-        a = 0
-        while a < len(words):
-            hit = None
-            for b in range(min(a + self.MAX_WORDS, len(words)), a + shortest - 1, -1):
-                form = " ".join(words[a:b])
-                if b == a + 1 and (len(form) < 4 or form in (single_words or ())):
-                    continue
-                if form in self.by_form and (raw[a][0].isupper() or raw[a][0].isdigit()):
-                    hit = b
-                    found[form] = self.by_form[form]
-                    break
-            a = hit if hit is not None else a + 1
-        unknown = []
-        for quoted in re.findall(r"[\"“]([^\"”]{2,80})[\"”]", text):
-            form = normalize(_YEAR.sub("", quoted))
-            if form in self.by_form:
-                found[form] = self.by_form[form]
-            else:
-                unknown.append(quoted.strip())
-        return found, unknown
+    title_chars: int = Field(60, ge=8, description="titles are cut to this many characters")
 
 
 def grounding_errors(
@@ -138,9 +65,16 @@ def grounding_errors(
     history: Sequence[int] | np.ndarray,
     candidates: Sequence[int] | np.ndarray,
     require_history: bool = True,
+    item: int | None = None,
 ) -> list[str]:
     """Why ``text`` is not a grounded reason (empty: it is). A name several catalog items
-    share ("Beauty and the Beast") is allowed when any of them is."""
+    share ("Beauty and the Beast") is allowed when any of them is.
+
+    Checked, for LLM and template reasons alike: every title named is in the history or
+    the candidates, a history title is named (``require_history``), and a year written
+    after a title ("Toy Story (1995)") is that title's. Given the explained ``item``, a
+    genre claimed as shared (a genre named after "also": "… is also Comedy") must be a
+    genre of the item and of every history title the reason names."""
     named, unknown = index.mentions(text)
     allowed = {int(i) for i in history} | {int(i) for i in candidates}
     titles = index.catalog.frame["title"]
@@ -150,6 +84,35 @@ def grounding_errors(
     hist = {int(i) for i in history}
     if require_history and hist and not any(ids & hist for ids in named.values()):
         errors.append("it names none of the user's liked titles")
+    years = index.catalog.years
+    for written, year, ids in index.dated(text):
+        if not any(years[i] == year or f"({year})" in str(titles.iloc[i]) for i in ids):
+            known = sorted({int(years[i]) for i in ids if years[i] == years[i]})
+            errors.append(f"it dates {written!r} {year}, but the catalog says "
+                          f"{' or '.join(map(str, known)) or 'no year'}")  # fmt: skip
+    if item is not None:
+        errors += _genre_errors(text, index, named, hist, int(item))
+    return errors
+
+
+def _genre_errors(
+    text: str, index: TitleIndex, named: dict[str, set[int]], hist: set[int], item: int
+) -> list[str]:
+    """Genres claimed as shared (named after the last "also") that the item or a named
+    history title lacks."""
+    if " also " not in f" {text} ":
+        return []
+    claim = text.rsplit(" also ", 1)[-1]
+    catalog = index.catalog
+    sets = catalog.genre_sets
+    liked = sorted({min(ids & hist) for ids in named.values() if ids & hist})
+    errors = []
+    for genre in sorted({g for gs in sets for g in gs}):
+        if not re.search(rf"(?<![\w-]){re.escape(genre)}(?![\w-])", claim, re.IGNORECASE):
+            continue
+        lacking = [int(i) for i in [item, *liked] if genre not in sets[i]]
+        errors += [f"it calls {genre!r} shared, but {catalog.titles[i]} is not {genre}"
+                   for i in lacking]  # fmt: skip
     return errors
 
 
@@ -164,28 +127,42 @@ class Explanation:
     """Why the LLM's answers were rejected (empty for a first-time grounded answer)."""
 
 
+def _genre_list(genres: Sequence[str]) -> str:
+    names = list(genres)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+MAX_TEMPLATE_GENRES = 3
+
+
 def template_reason(catalog: Catalog, item: int, history: Sequence[int] | np.ndarray) -> str:
-    """A reason from the genres the item shares with the history (the two liked titles
-    sharing most, latest first on ties): always grounded, never eloquent."""
-    titles = catalog.titles
+    """A reason that states only facts of the catalog: always grounded, never eloquent.
+
+    The liked title sharing most genres with the item (latest first on ties) is named with
+    the genres it shares with the item; a second liked title is named too when it has
+    every one of those genres (so "is also X" holds of each title named). When no liked
+    title shares a genre, a plain popularity reason names the item's own genres and no
+    liked title (a "because you liked" would claim a likeness that is not there)."""
+    titles, sets = catalog.titles, catalog.genre_sets
     title = str(titles[item])
-    mine = catalog.genre_sets[item]
-    latest_first = np.asarray(history, dtype=np.int64)[::-1]
-    g = catalog.genre_matrix
-    shared = g[latest_first] @ g[item] if len(latest_first) else np.zeros(0)
-    order = np.lexsort((np.arange(len(shared)), -shared))  # most shared, then latest
-    best = [int(latest_first[j]) for j in order[:2] if shared[j] > 0]
-    names = ", ".join(sorted(mine)[:2]) or "similar"
-    a = "an" if names[0].lower() in "aeiou" else "a"
-    if best:
-        liked = " and ".join(str(titles[h]) for h in best)
-        return f"Because you liked {liked}: {title} is also {names}."
-    if len(history):  # nothing shared: name the latest liked title, claim no likeness
-        return (
-            f"Because you liked {titles[int(history[-1])]}: {title} is {a} "
-            f"{names} title popular with viewers like you."
-        )
-    return f"{title} is {a} {names} title popular with viewers like you."
+    mine = sets[item]
+    latest_first = [int(h) for h in np.asarray(history, dtype=np.int64)[::-1] if int(h) != item]
+    shared = [len(mine & sets[h]) for h in latest_first]
+    order = sorted(range(len(latest_first)), key=lambda j: (-shared[j], j))
+    if order and shared[order[0]] > 0:
+        first = latest_first[order[0]]
+        common = sorted(mine & sets[first])[:MAX_TEMPLATE_GENRES]
+        second = next((latest_first[j] for j in order[1:]
+                       if latest_first[j] != first and set(common) <= sets[latest_first[j]]),
+                      None)  # fmt: skip
+        liked = " and ".join(str(titles[h]) for h in [first, second] if h is not None)
+        return f"Because you liked {liked}: {title} is also {_genre_list(common)}."
+    own = sorted(mine)[:MAX_TEMPLATE_GENRES]
+    if not own:
+        return f"{title} is popular with viewers like you."
+    kind = _genre_list(own)
+    a = "an" if kind[0].lower() in "aeiou" else "a"
+    return f"{title} is {a} {kind} title popular with viewers like you."
 
 
 def explain_prompt(
@@ -222,6 +199,8 @@ class ExplainStats(LLMStats):
     llm: int = 0
     regenerated: int = 0
     template: int = 0
+    template_grounded: int = 0
+    """Template reasons that pass the same check as the LLM's (with their item's genres)."""
     first_rejected: int = 0
 
     def figures(self) -> dict[str, float]:
@@ -235,6 +214,10 @@ class ExplainStats(LLMStats):
             "llm_rate": self.llm / n,
             "regenerated_rate": self.regenerated / n,
             "template_rate": self.template / n,
+            # the same check over the template reasons (1 when none was needed)
+            "template_grounded_rate": (
+                self.template_grounded / self.template if self.template else 1.0
+            ),
             "first_rejected_rate": self.first_rejected / n,
         }
 
@@ -256,12 +239,7 @@ class Explainer(LLMStage[ExplainConfig]):
         catalog = ctx.catalog
         self.catalog_ = catalog
         self.index_ = TitleIndex(catalog)
-        self.style_ = PromptStyle(
-            noun=catalog.noun,
-            history_items=self.config.history_items,
-            title_chars=self.config.title_chars,
-        )
-        self._stats = ExplainStats()
+        self.style_ = self.prompt_style(catalog)
         return self
 
     def __call__(self, requests: Sequence[Request], trace: Trace) -> CandidateBatch:
@@ -269,31 +247,31 @@ class Explainer(LLMStage[ExplainConfig]):
         ``extras["explanation"]`` (None where a row was not explained)."""
         assert trace.final is not None
         ranked = cut(trace.final, trace.k)
-        reasons = self.explain(requests, ranked)
+        reasons, st = self.explain(requests, ranked)
         top = min(self.config.top_k, ranked.depth)
         notes = np.full((len(ranked), top), None, dtype=object)
         for r, row in enumerate(reasons):
             for j, e in enumerate(row):
                 notes[r, j] = e
         return CandidateBatch(ranked.items[:, :top], ranked.scores[:, :top], self.name,
-                              extras={"explanation": notes})  # fmt: skip
+                              extras={"explanation": notes}, stats=st)  # fmt: skip
 
     def explain(
         self, requests: Sequence[Request], ranked: CandidateBatch
-    ) -> list[list[Explanation]]:
+    ) -> tuple[list[list[Explanation]], ExplainStats]:
         """Reasons for the top ``top_k`` items of each row of ``ranked`` (rows past
-        ``max_requests`` get none)."""
-        if not hasattr(self, "index_"):
-            raise RuntimeError("fit the explainer before explain()")
+        ``max_requests`` get none), and what producing them took."""
+        if not self.fitted:
+            raise NotFittedError(f"{self.name} is not fitted: call fit() before explain()")
         if len(requests) != len(ranked):
             raise ValueError(f"{len(requests)} requests for {len(ranked)} rankings")
-        before = self.llm.usage.copy()
+        meter = self.meter()
         rows = len(requests) if self.config.max_requests is None else self.config.max_requests
         jobs = [(r, int(i)) for r, row in enumerate(ranked.items[:rows])
                 for i in row[: self.config.top_k] if i != PAD]  # fmt: skip
         asked = [(r, i) for r, i in jobs if len(requests[r].history)]
         first = {
-            job: (text, self._check(requests[job[0]], ranked.items[job[0]], text))
+            job: (text, self._check(requests[job[0]], ranked.items[job[0]], job[1], text))
             for job, text in zip(asked, self._ask([self._prompt(requests[r], i) for r, i in asked]),
                                  strict=True)
         }  # fmt: skip
@@ -314,6 +292,7 @@ class Explainer(LLMStage[ExplainConfig]):
         ]
         second = dict(zip(retry, self._ask(fix), strict=True))
         out: list[list[Explanation]] = [[] for _ in requests]
+        again_rejected: dict[tuple[int, int], bool] = {}
         for r, i in jobs:
             if (r, i) not in first:
                 exp = Explanation(i, template_reason(self.catalog_, i, []), "template",
@@ -322,13 +301,16 @@ class Explainer(LLMStage[ExplainConfig]):
                 exp = Explanation(i, first[(r, i)][0], "llm")
             else:
                 errs = first[(r, i)][1]
-                again = self._check(requests[r], ranked.items[r], second[(r, i)])
+                again = self._check(requests[r], ranked.items[r], i, second[(r, i)])
+                again_rejected[(r, i)] = bool(again)
                 exp = (Explanation(i, second[(r, i)], "regenerated", errs) if not again
                        else Explanation(i, template_reason(self.catalog_, i, requests[r].history),
                                     "template", errs + again))  # fmt: skip
             out[r].append(exp)
-        self._count(out, before)
-        return out
+        # every LLM answer is an output; a rejected one is invalid (a re-ask that is
+        # rejected again ends in a template)
+        invalid = len(retry) + sum(again_rejected.values())
+        return out, self._count(out, meter, requests, ranked, len(asked) + len(retry), invalid)
 
     def _prompt(self, req: Request, item: int) -> list[Message]:
         return explain_prompt(self.catalog_, req.history, item, self.style_)
@@ -340,26 +322,48 @@ class Explainer(LLMStage[ExplainConfig]):
                                      template=PROMPT_VERSION)  # fmt: skip
         return [_sentence(a.text) for a in got]
 
-    def _check(self, req: Request, row: np.ndarray, text: str) -> list[str]:
+    def _check(self, req: Request, row: np.ndarray, item: int, text: str) -> list[str]:
         return grounding_errors(
             text,
             self.index_,
             req.history,
             [int(i) for i in row if i != PAD],
             self.config.require_history,
+            item=item,
         )
 
-    def _count(self, out: list[list[Explanation]], before: Any) -> None:
+    def _count(
+        self,
+        out: list[list[Explanation]],
+        meter: Meter,
+        requests: Sequence[Request],
+        ranked: CandidateBatch,
+        answers: int,
+        invalid: int,
+    ) -> ExplainStats:
+        """Counts by source; every LLM answer is an output, a rejected one an invalid
+        output; each template reason goes through the same check as the LLM's (its
+        grounded rate is reported beside theirs)."""
         every = [e for row in out for e in row]
+        templated = [(r, e) for r, row in enumerate(out) for e in row if e.source == "template"]
+        template_ok = sum(
+            not grounding_errors(
+                e.text,
+                self.index_,
+                requests[r].history,
+                [int(i) for i in ranked.items[r] if i != PAD],
+                require_history=False,
+                item=e.item,
+            )
+            for r, e in templated
+        )
         st = ExplainStats(
             rows=len(out), users=len(out), explained=len(every),
             llm=sum(e.source == "llm" for e in every),
             regenerated=sum(e.source == "regenerated" for e in every),
-            template=sum(e.source == "template" for e in every),
+            template=len(templated), template_grounded=template_ok,
             first_rejected=sum(bool(e.errors) for e in every),
+            outputs=answers, invalid_outputs=invalid,
         )  # fmt: skip
-        st.add_usage(self.llm.usage.since(before))
-        self._stats = st
-
-    def stats(self) -> ExplainStats:
-        return self._stats
+        st.add_usage(meter.used)
+        return st

@@ -1,15 +1,6 @@
 """A learned ranker: LightGBM LambdaRank over features the trace already has.
 
-Features of each (request, candidate), by group (``features``):
-
-- ``pools``: every retrieval pool's score and rank (a miss gets NaN and the pool's depth);
-- ``input``: the score and position in the list this stage is given;
-- ``item``: log-popularity and release year;
-- ``history``: genre overlap with the history (Jaccard, share), embedding similarity to the
-  history profile, history length;
-- ``liked``: how many training ratings of the item are high (log);
-- ``stages``: every earlier head stage's score and named features (e.g. an earlier ranker's
-  score, an LLM feature stage's scores and ranks), looked up by item.
+Its features come in groups (``features``; see :mod:`recfunnel.stages.rank.features`).
 
 It learns either from **validation** users' lists (the default) or, with ``lists``, from
 cold-start lists simulated on training users without leakage
@@ -20,7 +11,6 @@ that are test targets are refused.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal, Self
@@ -29,20 +19,16 @@ import numpy as np
 from pydantic import Field
 
 from recfunnel.core.candidates import PAD, CandidateBatch
-from recfunnel.core.errors import ConfigError, LeakageError, RecfunnelError
+from recfunnel.core.errors import LeakageError, NotFittedError, RecfunnelError
 from recfunnel.core.metrics import evaluate, hit_matrix
 from recfunnel.core.types import EvalSet, Request
 from recfunnel.stages.base import FitContext, Stage, StageConfig, Trace, TuneContext
+from recfunnel.stages.rank.features import BASIC, Group, feature_matrix, feature_names
+from recfunnel.stages.rank.lgbm import SEARCHABLE, fit_model, grid_points, stack
 from recfunnel.stages.rank.lists import ListsConfig, held_users, simulate
 from recfunnel.stages.retrieve.content import ContentRetriever
 
 log = logging.getLogger(__name__)
-
-Group = Literal["pools", "input", "item", "history", "liked", "stages"]
-BASIC: tuple[Group, ...] = ("pools", "input", "item", "history")
-BOOKKEEPING = ("input_pos", "prev_rank", "llm_score")
-"""Extras that describe where an item was, not what it is: never features."""
-SEARCHABLE = ("num_leaves", "min_child_samples", "learning_rate")
 
 
 class LTRConfig(StageConfig):
@@ -121,77 +107,17 @@ class LTRRanker(Stage[LTRConfig]):
 
     # ---- features -------------------------------------------------------------------
     def feature_names(self, trace: Trace) -> list[str]:
-        names: list[str] = []
-        for group in self.config.features:
-            if group == "pools":
-                names += [f"{p}:{x}" for p in trace.pools for x in ("score", "rank")]
-            elif group == "input":
-                names += ["input:score", "input:rank"]
-            elif group == "item":
-                names += ["log_popularity", "year"]
-            elif group == "history":
-                names += ["genre_overlap", "genre_share", "embedding_sim", "history_len"]
-            elif group == "liked":
-                names += ["log_liked"]
-            else:
-                for stage, batch in _head_stages(trace):
-                    own = [f"{stage}:score"] if batch.reorders else []
-                    names += [*own, *(f"{stage}:{k}" for k in _feature_keys(batch))]
-        return names
+        return feature_names(self.config.features, trace)
 
     def features(self, requests: Sequence[Request], trace: Trace) -> np.ndarray:
         """[users, top_n, features] for the head of ``trace``; PAD candidates get NaN rows."""
-        head = trace.head(self.config.top_n)
-        items = head.items
-        n, depth = items.shape
-        safe = np.where(items == PAD, 0, items)
-        cols: list[np.ndarray] = []
-        for group in self.config.features:
-            if group == "pools":
-                for pool in trace.pools.values():
-                    cols += _looked_up(items, pool, pool.scores, float(pool.depth))
-            elif group == "input":
-                pos = np.arange(depth, dtype=np.float64)
-                cols += [head.scores, np.broadcast_to(pos, (n, depth))]
-            elif group == "item":
-                cols += [self.popularity_[safe], self.year_[safe]]
-            elif group == "history":
-                cols += self._history_features(requests, safe)
-            elif group == "liked":
-                cols += [self.liked_[safe]]
-            else:
-                for _, batch in _head_stages(trace):
-                    if batch.reorders:  # a kept order's scores are its input's
-                        cols += _looked_up(items, batch, batch.scores, None)
-                    for key in _feature_keys(batch):
-                        cols += _looked_up(items, batch, batch.extras[key], None)
-        x = np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=-1)
-        x[items == PAD] = np.nan
-        return x
-
-    def _history_features(self, requests: Sequence[Request], safe: np.ndarray) -> list[Any]:
-        n, depth = safe.shape
-        hist_genres = np.zeros((n, self.genres_.shape[1]), dtype=np.float32)
-        for r, req in enumerate(requests):
-            if len(req.history):
-                hist_genres[r] = self.genres_[req.history].mean(axis=0)
-        cand_genres = self.genres_[safe]  # [n, depth, g]
-        overlap = (cand_genres * (hist_genres[:, None, :] > 0)).sum(-1)
-        union = np.maximum(((cand_genres + (hist_genres[:, None, :] > 0)) > 0).sum(-1), 1)
-        prof, _ = self.content_.profiles(requests)
-        emb = self.content_.item_embeddings_[safe]  # [n, depth, d]
-        lengths = np.array([len(r.history) for r in requests], dtype=np.float64)
-        return [overlap / union, (cand_genres * hist_genres[:, None, :]).sum(-1),
-                np.einsum("ijd,id->ij", emb, prof).astype(np.float64),
-                np.broadcast_to(lengths[:, None], (n, depth))]  # fmt: skip
+        return feature_matrix(self, self.config.features, requests, trace, self.config.top_n)
 
     # ---- learning -------------------------------------------------------------------
     def tune(self, valid: EvalSet, ctx: TuneContext) -> dict[str, Any]:
         """Learn on validation users' lists or, with ``lists``, on simulated training lists
         (validation users then pick the hyper-parameters and the number of trees); the
         split's test set guards against leakage."""
-        if len(valid) == 0:
-            raise ConfigError("the ranker needs validation users (set protocol.n_valid)")
         before = ctx.before(valid.requests, 0)  # the pipeline's own pool depth
         if self.config.lists is None:
             return self.fit_lists(valid, before, ctx.split.test).info()
@@ -230,7 +156,7 @@ class LTRRanker(Stage[LTRConfig]):
             raise RecfunnelError("no validation user has a relevant item among the candidates")
         self.names_ = self.feature_names(trace)
         self.n_estimators_ = self._rounds(xs, ys, bs)
-        self.model_ = _fit(self._model(self.n_estimators_), _stack(xs, ys, bs))
+        self.model_ = fit_model(self._model(self.n_estimators_), stack(xs, ys, bs))
         self.n_train_users_ = len(ys)
         self.trained_on_ = {"source": "validation users", "lists": len(ys)}
         return self
@@ -258,17 +184,17 @@ class LTRRanker(Stage[LTRConfig]):
         vx, vy, vb = self._lists(valid.requests, valid.truth, before)
         if not vx:
             raise RecfunnelError("no validation user has a relevant item among the candidates")
-        train, stop_on = _stack(xs, ys, bs), _stack(vx, vy, vb)
+        train, stop_on = stack(xs, ys, bs), stack(vx, vy, vb)
         tried = []
-        for point in _grid(c.search):
-            model = _fit(self._model(c.n_estimators, **point), train, stop_on, c.patience)
+        for point in grid_points(c.search):
+            model = fit_model(self._model(c.n_estimators, **point), train, stop_on, c.patience)
             best = int(model.best_iteration_ or c.n_estimators)
             score = float(model.best_score_["valid_0"]["ndcg@10"])
             tried.append({**point, "trees": best, "valid_ndcg@10": score})
         choice = max(tried, key=lambda t: t["valid_ndcg@10"])  # first of equals: grid order
         params = {k: choice[k] for k in choice if k in SEARCHABLE}
         self.n_estimators_ = max(int(choice["trees"]), 1)
-        self.model_ = _fit(self._model(self.n_estimators_, **params), train)
+        self.model_ = fit_model(self._model(self.n_estimators_, **params), train)
         self.names_ = self.feature_names(before)
         self.n_train_users_ = len(users)
         self.trained_on_ = {"source": "simulated training lists", "lists": len(ys),
@@ -302,8 +228,8 @@ class LTRRanker(Stage[LTRConfig]):
             return c.n_estimators
         perm = np.random.default_rng(c.seed).permutation(len(ys))
         out, inn = np.sort(perm[:n_out]), np.sort(perm[n_out:])
-        probe = _fit(self._model(c.n_estimators), _stack(xs, ys, bs, inn),
-                     _stack(xs, ys, bs, out), c.patience)  # fmt: skip
+        probe = fit_model(self._model(c.n_estimators), stack(xs, ys, bs, inn),
+                     stack(xs, ys, bs, out), c.patience)  # fmt: skip
         return max(int(probe.best_iteration_ or c.n_estimators), 1)
 
     def _cv_rounds(self, xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray]) -> int:
@@ -317,8 +243,8 @@ class LTRRanker(Stage[LTRConfig]):
             inn, out = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             if len(out) == 0 or len(inn) == 0:
                 continue
-            probe = _fit(self._model(c.n_estimators), _stack(xs, ys, bs, inn),
-                         _stack(xs, ys, bs, out))  # fmt: skip
+            probe = fit_model(self._model(c.n_estimators), stack(xs, ys, bs, inn),
+                         stack(xs, ys, bs, out))  # fmt: skip
             curves.append(probe.evals_result_["valid_0"]["ndcg@10"])
         if not curves:
             return c.n_estimators
@@ -329,7 +255,7 @@ class LTRRanker(Stage[LTRConfig]):
     # ---- ranking and reporting ------------------------------------------------------
     def __call__(self, requests: Sequence[Request], trace: Trace) -> CandidateBatch:
         if not hasattr(self, "model_"):
-            raise RuntimeError(f"{self.name} is not trained: tune it on validation users first")
+            raise NotFittedError(f"{self.name} is not trained: tune it on validation users first")
         head = trace.head(self.config.top_n)
         return self.order(head, self.predict(self.features(requests, trace), self.base(head)))
 
@@ -344,13 +270,8 @@ class LTRRanker(Stage[LTRConfig]):
         pred = np.where(head.items == PAD, -np.inf, pred)
         order = np.argsort(-pred, axis=1, kind="stable")
         items = np.take_along_axis(head.items, order, axis=1)
-        return CandidateBatch(
-            items,
-            np.take_along_axis(pred, order, axis=1),
-            self.name,
-            fallback=head.fallback,
-            extras={"input_pos": np.where(items != PAD, order, -1)},
-        )
+        return CandidateBatch(items, np.take_along_axis(pred, order, axis=1), self.name,
+                              fallback=head.fallback)  # fmt: skip
 
     def importances(self) -> dict[str, float]:
         """Share of total split gain per feature, largest first."""
@@ -404,80 +325,3 @@ def _refuse_test_labels(valid: EvalSet, head: CandidateBatch, forbidden: EvalSet
             raise LeakageError(
                 f"ranker training label(s) {leaked} of user {req.user} are test targets"
             )
-
-
-def _grid(search: dict[str, list[float]]) -> list[dict[str, float]]:
-    bad = sorted(set(search) - set(SEARCHABLE))
-    if bad:
-        raise ConfigError(f"search: {bad} cannot be searched (only {', '.join(SEARCHABLE)})")
-    keys = list(search)
-    return [dict(zip(keys, values, strict=True)) for values in
-            itertools.product(*(search[k] for k in keys))] or [{}]  # fmt: skip
-
-
-def _head_stages(trace: Trace) -> list[tuple[str, CandidateBatch]]:
-    """The earlier head stages' outputs (rankers, rerankers, LLM feature stages)."""
-    return [(n, b) for n, b in trace.batches.items() if trace.modes.get(n) == "head"]
-
-
-Lists = tuple[np.ndarray, np.ndarray, list[int], np.ndarray]
-"""Lists as LightGBM takes them: feature rows, labels, group sizes, starting scores."""
-
-
-def _stack(xs: list[np.ndarray], ys: list[np.ndarray], bs: list[np.ndarray],
-           idx: Sequence[int] | np.ndarray | None = None) -> Lists:  # fmt: skip
-    """Per-list features, labels and starting scores (those at ``idx``) stacked."""
-    pick = range(len(ys)) if idx is None else idx
-    return (np.concatenate([xs[i] for i in pick]), np.concatenate([ys[i] for i in pick]),
-            [len(ys[i]) for i in pick], np.concatenate([bs[i] for i in pick]))  # fmt: skip
-
-
-def _fit(model: Any, train: Lists, held: Lists | None = None, patience: int | None = None) -> Any:
-    """``model`` fitted on ``train``; with ``held``, its NDCG@10 curve recorded on them
-    (and, with ``patience``, training stopped when that stops improving)."""
-    import lightgbm as lgb
-
-    x, y, g, b = train
-    evals: dict[str, Any] = {}
-    if held is not None:
-        ex, ey, eg, eb = held
-        evals = {"eval_X": (ex,), "eval_y": (ey,), "eval_group": [eg],
-                 "eval_init_score": [eb], "eval_at": [10]}  # fmt: skip
-        if patience is not None:
-            evals["callbacks"] = [lgb.early_stopping(patience, verbose=False)]
-    return model.fit(x, y, group=g, init_score=b, **evals)
-
-
-def _feature_keys(batch: CandidateBatch) -> list[str]:
-    return [k for k, v in batch.extras.items()
-            if k not in BOOKKEEPING and np.asarray(v).dtype.kind == "f"]  # fmt: skip
-
-
-def _looked_up(items: np.ndarray, batch: CandidateBatch, values: np.ndarray,
-               miss_rank: float | None) -> list[np.ndarray]:  # fmt: skip
-    """``values`` of each candidate where ``batch`` lists it (NaN where it does not), and,
-    with ``miss_rank``, its position there (``miss_rank`` where absent)."""
-    where = locate(items, batch.items)
-    found = where >= 0
-    got = np.take_along_axis(np.asarray(values, np.float64), np.maximum(where, 0), 1)
-    out = [np.where(found, got, np.nan)]
-    if miss_rank is not None:
-        out.append(np.where(found, where, miss_rank).astype(np.float64))
-    return out
-
-
-def locate(items: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """``out[r, j]`` = where ``items[r, j]`` sits in row r of ``pool`` (-1: absent, or PAD).
-
-    One sorted-key lookup over every row (pool rows hold each item at most once)."""
-    n, width = pool.shape
-    big = int(max(pool.max(initial=0), items.max(initial=0))) + 2
-    valid = pool != PAD
-    keys = np.where(valid, np.arange(n)[:, None] * big + pool, -1).ravel()
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    want = (np.arange(n)[:, None] * big + items).ravel()
-    at = np.clip(np.searchsorted(sorted_keys, want), 0, len(sorted_keys) - 1)
-    hit = (sorted_keys[at] == want) & (items.ravel() != PAD)
-    out = np.where(hit, order[at] % max(width, 1), -1)
-    return out.reshape(items.shape)

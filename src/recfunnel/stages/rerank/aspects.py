@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import Field
 
 from recfunnel.core.candidates import PAD, CandidateBatch
-from recfunnel.core.types import Catalog, Request
+from recfunnel.core.groups import year_groups
+from recfunnel.core.types import Request
 from recfunnel.stages.base import FitContext, StageConfig
 from recfunnel.stages.rerank.base import Reranker
 
@@ -34,11 +35,6 @@ class AspectConfig(StageConfig):
         description="fair: share of every prefix owed to group 1 (None: its candidate share)",
     )  # fmt: skip
     seed: int = 0
-
-
-def year_groups(catalog: Catalog, split_year: int = 1996) -> np.ndarray:
-    """1 for items released in or after ``split_year``, 0 before (unknown year: 0)."""
-    return (np.nan_to_num(catalog.years, nan=-1) >= split_year).astype(np.int64)
 
 
 def cosine(vectors: np.ndarray) -> np.ndarray:
@@ -139,7 +135,6 @@ class AspectReranker(Reranker[AspectConfig]):
     def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
         c = self.config
         items, scores = head.items.copy(), head.scores.copy()
-        pos = np.full(head.items.shape, -1, dtype=np.int64)
         for r in range(len(head)):
             n = int((head.items[r] != PAD).sum())
             if n == 0:
@@ -154,5 +149,4 @@ class AspectReranker(Reranker[AspectConfig]):
                 order = dpp_order(rel, cosine(self.genres_[row]), c.trade_off)
             items[r, :n] = row[order]
             scores[r, :n] = -np.arange(n, dtype=np.float64)
-            pos[r, :n] = order
-        return CandidateBatch(items, scores, self.name, extras={"input_pos": pos})
+        return CandidateBatch(items, scores, self.name)

@@ -27,6 +27,13 @@ def zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
+def user_rng(seed: int, request: Request, salt: int) -> np.random.Generator:
+    """A generator that depends on the seed, the user and ``salt`` only (never on the batch
+    a request arrives in), so shuffles and placebos are the same alone or in a batch."""
+    user = -1 if request.user is None else request.user
+    return np.random.default_rng([seed, user + 1, salt])
+
+
 class Reranker(Stage[C]):
     """Base of the rerankers: ``rerank(requests, head)`` on the top ``top_n``."""
 

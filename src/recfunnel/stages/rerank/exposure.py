@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from recfunnel.core.candidates import PAD, CandidateBatch, merge_head
-from recfunnel.core.errors import ConfigError
+from recfunnel.core.errors import NotFittedError
 from recfunnel.core.metrics import MetricName, depth_needed, evaluate
 from recfunnel.core.types import EvalSet, Request
 from recfunnel.stages.base import FitContext, StageConfig, TuneContext
@@ -74,6 +74,7 @@ class ExposureReranker(Reranker[ExposureConfig]):
 
     def fit(self, ctx: FitContext) -> Self:
         self.penalty_ = zscore(np.log1p(ctx.train.item_counts().astype(np.float64)))
+        self.weight_: float | None = self.config.weight  # tune() sets it when None
         return self
 
     @property
@@ -85,10 +86,11 @@ class ExposureReranker(Reranker[ExposureConfig]):
         return self.config.users
 
     def _weight(self) -> float:
-        if self.config.weight is None:
-            raise RuntimeError(f"{self.name}: the weight is tuned on validation users; "
-                               "run tune() first or set `weight`")  # fmt: skip
-        return self.config.weight
+        weight = self.weight_
+        if weight is None:
+            raise NotFittedError(f"{self.name}: the weight is tuned on validation users; "
+                                 "run tune() first or set `weight`")  # fmt: skip
+        return float(weight)
 
     def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
         return self.reorder(head, self._weight())
@@ -97,7 +99,6 @@ class ExposureReranker(Reranker[ExposureConfig]):
         """``head`` reordered with penalty ``weight``; ties keep the input order."""
         items = head.items.copy()
         scores = np.full(head.items.shape, -np.inf)
-        pos = np.full(head.items.shape, -1, dtype=np.int64)
         for r in range(len(head)):
             real = np.flatnonzero(head.items[r] != PAD)
             if len(real) == 0:
@@ -108,17 +109,12 @@ class ExposureReranker(Reranker[ExposureConfig]):
             order = np.lexsort((np.arange(len(row)), -value))
             items[r, : len(row)] = row[order]
             scores[r, : len(row)] = value[order]
-            pos[r, : len(row)] = real[order]
-        return CandidateBatch(items, scores, self.name, extras={"input_pos": pos},
-                              fallback=head.fallback)  # fmt: skip
+        return CandidateBatch(items, scores, self.name, fallback=head.fallback)
 
     def tune(self, valid: EvalSet, ctx: TuneContext) -> dict[str, Any]:
         """The largest grid weight whose validation ``metric`` is within ``tolerance`` of
         the grid's best (one pass of the earlier stages; each weight reorders it)."""
         c = self.config
-        if len(valid) == 0:
-            raise ConfigError(f"{self.name}: tuning the weight needs validation users "
-                              "(set protocol.n_valid, or set `weight`)")  # fmt: skip
         before = ctx.before(valid.requests, max(self.top_n, depth_needed([c.metric, EXPOSURE])))
         assert before.final is not None
         head = before.head(self.top_n)
@@ -130,6 +126,6 @@ class ExposureReranker(Reranker[ExposureConfig]):
             grid[str(w)] = got
         best = max(v[c.metric] for v in grid.values())
         chosen = max(w for w in c.grid if grid[str(w)][c.metric] >= best - c.tolerance)
-        self.config = c.model_copy(update={"weight": chosen})
+        self.weight_ = chosen
         return {"weight": chosen, "metric": c.metric, "tolerance": c.tolerance,
                 "n_users": len(valid), "grid": grid}  # fmt: skip

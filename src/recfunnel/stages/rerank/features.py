@@ -30,15 +30,9 @@ from scipy.stats import rankdata
 
 from recfunnel.core.candidates import PAD, CandidateBatch
 from recfunnel.core.types import Request
-from recfunnel.llm.base import LLMConfig, LLMUnavailable, OptionScores
-from recfunnel.stages.base import (
-    FitContext,
-    LLMStage,
-    LLMStats,
-    StageConfig,
-    Trace,
-    noun_for,
-)
+from recfunnel.llm.base import LLMUnavailable, OptionScores
+from recfunnel.stages.base import FitContext, LLMStage, LLMStageConfig, LLMStats, Trace
+from recfunnel.stages.rerank.base import user_rng
 from recfunnel.stages.rerank.prompts import (
     LABELS,
     PROMPT_VERSION,
@@ -46,14 +40,14 @@ from recfunnel.stages.rerank.prompts import (
     pointwise_prompt,
     verbalizer_prompt,
 )
-from recfunnel.stages.text import PromptStyle
+from recfunnel.stages.rerank.scoring import over_listed, p_yes
 
 log = logging.getLogger(__name__)
 
 FEATURES = ("llm_verbalizer", "llm_verbalizer_rank", "llm_yes", "llm_yes_rank")
 
 
-class LLMFeaturesConfig(StageConfig):
+class LLMFeaturesConfig(LLMStageConfig):
     """An LLM feature stage (see the module's docstring)."""
 
     kind: Literal["llm-features"] = "llm-features"
@@ -61,11 +55,6 @@ class LLMFeaturesConfig(StageConfig):
     shuffles: int = Field(2, ge=1, description="verbalizer listings averaged per request")
     pointwise: bool = Field(True, description="also ask P(yes) for each candidate")
     placebo: bool = Field(False, description="permute the features within each list")
-    history_items: int = Field(5, ge=0, description="most recent history items shown")
-    title_chars: int = Field(40, ge=8)
-    noun: str = Field("item", description="what the prompt calls an item (movie, artist…)")
-    seed: int = 0
-    llm: LLMConfig = Field(default_factory=LLMConfig)
 
 
 class LLMFeatures(LLMStage[LLMFeaturesConfig]):
@@ -74,6 +63,7 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
     family = "llm"
     mode = "head"
     probed = True
+    keeps_order = True
     config_class = LLMFeaturesConfig
 
     @property
@@ -82,25 +72,20 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
 
     def fit(self, ctx: FitContext) -> Self:
         super().fit(ctx)
-        self.config = noun_for(self.config, ctx.catalog)
-        c = self.config
-        self.style = PromptStyle(noun=c.noun, history_items=c.history_items,
-                                 title_chars=c.title_chars)  # fmt: skip
+        self.style_ = self.prompt_style(ctx.catalog)
         self.catalog_ = ctx.catalog
-        self._stats = LLMStats()
         return self
 
     def listings(self, request: Request, items: np.ndarray) -> list[np.ndarray]:
         """The ``shuffles`` orders the candidates are shown in: seeded shuffles of the
         candidates in item order, so the input order never shows through."""
         canonical = np.sort(items)
-        user = -1 if request.user is None else request.user
-        return [canonical[np.random.default_rng([self.config.seed, user + 1, k]).permutation(
-            len(canonical))] for k in range(self.config.shuffles)]  # fmt: skip
+        return [canonical[user_rng(self.config.seed, request, k).permutation(len(canonical))]
+                for k in range(self.config.shuffles)]  # fmt: skip
 
     def __call__(self, requests: Sequence[Request], trace: Trace) -> CandidateBatch:
         head = trace.head(self.config.top_n)
-        before = self.llm.usage.copy()
+        meter = self.meter()
         n_rows, depth = head.items.shape
         feats = {k: np.full((n_rows, depth), np.nan) for k in FEATURES}
         fallback = np.zeros(n_rows, dtype=bool)
@@ -122,10 +107,9 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         if self.config.placebo:
             self._permute(requests, head.items, feats)
         st.fallback_rows = int(fallback.sum())
-        st.add_usage(self.llm.usage.since(before))
-        self._stats = st
-        # no ``input_pos``: the order is the input's; the ranker after this stage reorders
-        return CandidateBatch(head.items, head.scores, self.name, fallback, dict(feats))
+        st.add_usage(meter.used)
+        # the order is the input's (``keeps_order``); the ranker after this stage reorders
+        return CandidateBatch(head.items, head.scores, self.name, fallback, dict(feats), st)
 
     def _score(self, request: Request, items: np.ndarray, row: int,
                st: LLMStats) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
@@ -133,7 +117,7 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         head's real items in order). Each LLM call holds this user's prompts, which share
         the system text and the history: a back-end with ``prefix_cache`` runs that prefix
         once per call."""
-        cat, style = self.catalog_, self.style
+        cat, style = self.catalog_, self.style_
         listings = self.listings(request, items)
         prompts = [verbalizer_prompt(cat, request.history, listing.tolist(), style)[0]
                    for listing in listings]  # fmt: skip
@@ -142,7 +126,7 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         verb = np.zeros(len(items))
         for listing, a in zip(listings, answers, strict=True):
             n = len(listing)
-            lp = a.logprobs[:n] - np.logaddexp.reduce(a.logprobs[:n])  # over the listed letters
+            lp = over_listed(a.logprobs[:n])
             score_of = dict(zip(listing.tolist(), lp.tolist(), strict=True))
             verb += np.array([score_of[int(i)] for i in items]) / self.config.shuffles
             _count(st, row, a)
@@ -151,24 +135,20 @@ class LLMFeatures(LLMStage[LLMFeaturesConfig]):
         asked = np.sort(items)  # asked in item order too: the same batch whatever the input
         pw = [pointwise_prompt(cat, request.history, int(i), style) for i in asked]
         got = self.llm.option_logprobs_many(pw, list(YES_NO), PROMPT_VERSION)
-        p_yes = {}
-        for i, a in zip(asked.tolist(), got, strict=True):
-            p_yes[i] = float(np.exp(a.logprobs[0] - np.logaddexp(*a.logprobs[:2])))
+        pairs = np.array([a.logprobs[:2] for a in got]).reshape(-1, 2)
+        yes = dict(zip(asked.tolist(), p_yes(pairs).tolist(), strict=True))
+        for a in got:
             _count(st, row, a)
-        return verb, np.array([p_yes[int(i)] for i in items])
+        return verb, np.array([yes[int(i)] for i in items])
 
     def _permute(self, requests: Sequence[Request], items: np.ndarray,
                  feats: dict[str, np.ndarray]) -> None:  # fmt: skip
         """The placebo: one seeded permutation per list, applied to every feature."""
         for r, req in enumerate(requests):
             n = int((items[r] != PAD).sum())
-            user = -1 if req.user is None else req.user
-            perm = np.random.default_rng([self.config.seed, user + 1, 99]).permutation(n)
+            perm = user_rng(self.config.seed, req, 99).permutation(n)
             for values in feats.values():
                 values[r, :n] = values[r, :n][perm]
-
-    def stats(self) -> LLMStats:
-        return self._stats
 
 
 def _count(st: LLMStats, row: int, answer: OptionScores) -> None:

@@ -11,7 +11,7 @@ walk returns its input and the goal cannot matter; with one, the goal acts throu
 nodes the LLM chooses to visit. ``backward`` undoes the last result and returns to
 the node before it; ``stop`` ends the walk; ``max_visits`` forces a stop. An invalid answer
 is re-asked once with its specific errors, then the node is skipped and the walk stops.
-Every step is kept (``traces_``) and counted (``stats``).
+Every step is kept and counted in the call's stats (``GoalStats.walks``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import numpy as np
 from pydantic import Field
 
 from recfunnel.core.candidates import PAD, CandidateBatch
+from recfunnel.core.groups import year_groups
 from recfunnel.core.types import Request
-from recfunnel.llm.base import LLMConfig, Message, Usage
+from recfunnel.llm.base import Message, Meter
 from recfunnel.llm.parse import GoalAnswer, parse_goal_answer
-from recfunnel.stages.base import FitContext, LLMStage, LLMStats, StageConfig, noun_for
-from recfunnel.stages.rerank.aspects import cosine, fair_order, mmr_order, relevance, year_groups
+from recfunnel.stages.base import FitContext, LLMStage, LLMStageConfig, LLMStats
+from recfunnel.stages.rerank.aspects import cosine, fair_order, mmr_order, relevance
 from recfunnel.stages.rerank.base import Reranker
 from recfunnel.stages.rerank.prompts import GOAL_NODES, GOAL_PREFILL, PROMPT_VERSION, goal_prompt
-from recfunnel.stages.text import PromptStyle
 
 GOALS = {
     "accuracy": "Recommend what the user will enjoy most.",
@@ -65,15 +65,13 @@ def _overrun(n: int) -> list[str]:
     return [f", {n + 1}", f",{n + 1}"]
 
 
-class GoalConfig(StageConfig):
+class GoalConfig(LLMStageConfig):
     """A goal-driven graph reranking stage."""
 
     kind: Literal["goal"] = "goal"
     goal: str = Field("accuracy", description="a name in GOALS or the goal sentence itself")
     top_n: int = Field(20, ge=2, description="Candidates from the previous stage to rerank.")
     max_visits: int = Field(5, ge=1, description="nodes visited before a forced stop")
-    history_items: int = Field(5, ge=0)
-    title_chars: int = Field(40, ge=8)
     split_year: int = Field(1996, description="fairness groups: before / from this year")
     propose: bool = Field(
         True, description="list candidates in the node's classical order (MMR, fair) for "
@@ -84,10 +82,7 @@ class GoalConfig(StageConfig):
         None, gt=0.0, lt=1.0, description="fairness proposal: group share owed (None: its "
         "candidate share)",
     )  # fmt: skip
-    noun: str = "item"
     batch_size: int = Field(16, ge=1, description="walks advanced together (one LLM batch)")
-    seed: int = 0
-    llm: LLMConfig = Field(default_factory=LLMConfig)
 
     @property
     def goal_text(self) -> str:
@@ -122,6 +117,8 @@ class GoalStats(LLMStats):
     visits_accuracy: int = 0
     visits_diversity: int = 0
     visits_fairness: int = 0
+    walks: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Each row's walk, step by step (node, answer, result): what the diagnosis shows."""
 
     def figures(self) -> dict[str, float]:
         answers, rows, per = self.outputs, max(self.rows, 1), max(self.users, 1)
@@ -142,12 +139,8 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
 
     def fit(self, ctx: FitContext) -> Self:
         super().fit(ctx)
-        self.config = noun_for(self.config, ctx.catalog)
-        c, catalog = self.config, ctx.catalog
-        self.style = PromptStyle(noun=c.noun, history_items=c.history_items,
-                                 title_chars=c.title_chars)  # fmt: skip
-        self.traces_: list[list[dict[str, Any]]] = []
-        self._stats = GoalStats()
+        catalog = ctx.catalog
+        self.style_ = self.prompt_style(catalog)
         self.catalog_ = catalog
         self.groups_ = year_groups(catalog, self.config.split_year)
         self.genres_ = catalog.genre_matrix
@@ -176,7 +169,7 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
         w.proposed = self.proposal(items, w) if self.config.propose else None
         return goal_prompt(
             self.catalog_, req.history, items.tolist(), w.current, rel.tolist(),
-            self._group_names(items), w.results, w.node, self.goal_text(req), self.style,
+            self._group_names(items), w.results, w.node, self.goal_text(req), self.style_,
             w.proposed,
         )  # fmt: skip
 
@@ -204,7 +197,7 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
                     break
 
     def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
-        before = self.llm.usage.copy()
+        meter = self.meter()
         rows = [np.flatnonzero(head.items[r] != PAD) for r in range(len(head))]
         walks = [Walk(len(v), list(range(len(v)))) for v in rows]
         rels = [relevance(head.scores[r, v]) for r, v in enumerate(rows)]
@@ -252,7 +245,7 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
                             w.node = "stop"
                         else:
                             self._apply(walks[r], parsed, text, reasked=True, continued=cont)
-        return self._finish(head, rows, walks, before, answers, invalid, skipped)
+        return self._finish(head, rows, walks, meter, answers, invalid, skipped)
 
     def _ask(self, prompts: list[list[Message]], sizes: list[int]) -> list[tuple[str, bool]]:
         """Whole answers. One that stops after its ranking line (small models close the list
@@ -297,13 +290,12 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
         head: CandidateBatch,
         rows: list[np.ndarray],
         walks: list[Walk],
-        before: Usage,
+        meter: Meter,
         answers: int,
         invalid: int,
         skipped: int,
     ) -> CandidateBatch:
         items, scores = head.items.copy(), head.scores.copy()
-        pos = np.where(head.items != PAD, np.arange(head.depth)[None, :], -1)
         fallback = np.zeros(len(head), dtype=bool)
         for r, (v, w) in enumerate(zip(rows, walks, strict=True)):
             if not w.results:  # nothing valid came back: the ranker's order stands
@@ -312,8 +304,6 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
             order = np.array(w.current)
             items[r, v] = head.items[r, v][order]
             scores[r, v] = -np.arange(len(order), dtype=np.float64)
-            pos[r, v] = order
-        self.traces_ = [w.steps for w in walks]
         steps = [s for w in walks for s in w.steps]
         visits = {n: sum(1 for s in steps if s["node"] == n and "result" in s)
                   for n in GOAL_NODES[:3]}  # fmt: skip
@@ -324,11 +314,7 @@ class GoalReranker(Reranker[GoalConfig], LLMStage[GoalConfig]):
             kept_proposal=sum(bool(s.get("kept_proposal", False)) for s in steps),
             forced_stops=sum(w.forced for w in walks), visits=sum(w.visits for w in walks),
             visits_accuracy=visits["accuracy"], visits_diversity=visits["diversity"],
-            visits_fairness=visits["fairness"],
+            visits_fairness=visits["fairness"], walks=[w.steps for w in walks],
         )  # fmt: skip
-        st.add_usage(self.llm.usage.since(before))
-        self._stats = st
-        return CandidateBatch(items, scores, self.name, fallback, extras={"input_pos": pos})
-
-    def stats(self) -> GoalStats:
-        return self._stats
+        st.add_usage(meter.used)
+        return CandidateBatch(items, scores, self.name, fallback, stats=st)

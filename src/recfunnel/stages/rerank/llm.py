@@ -27,22 +27,14 @@ from scipy.stats import kendalltau, rankdata
 
 from recfunnel.core import progress
 from recfunnel.core.candidates import PAD, CandidateBatch, merge_head, prev_ranks
-from recfunnel.core.errors import ConfigError
 from recfunnel.core.metrics import MetricName, depth_needed, evaluate
 from recfunnel.core.types import EvalSet, Request
-from recfunnel.llm.base import LLMConfig, LLMUnavailable
-from recfunnel.llm.parse import parse_permutation
-from recfunnel.stages.base import FitContext, LLMStage, LLMStats, StageConfig, TuneContext, noun_for
-from recfunnel.stages.rerank.base import Reranker, zscore
+from recfunnel.llm.base import LLMUnavailable
+from recfunnel.stages.base import FitContext, LLMStage, LLMStageConfig, LLMStats, TuneContext
+from recfunnel.stages.rerank.base import Reranker, user_rng, zscore
 from recfunnel.stages.rerank.prompts import (
     LABELS,
-    PROMPT_VERSION,
-    YES_NO,
-    permutation_prompt,
-    pointwise_prompt,
-    verbalizer_prompt,
 )
-from recfunnel.stages.text import PromptStyle
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +57,7 @@ class Calibration(BaseModel):
         return self
 
 
-class RerankConfig(StageConfig):
+class RerankConfig(LLMStageConfig):
     """An LLM reranking stage (``kind`` = verbalizer, permutation or pointwise)."""
 
     kind: Method = "verbalizer"
@@ -87,9 +79,6 @@ class RerankConfig(StageConfig):
     )
     step: int = Field(10, ge=1, description="permutation: window step")
     batch_size: int = Field(16, ge=1, description="prompts sent to the LLM at once")
-    noun: str = Field("item", description="what the prompt calls an item (movie, artist…)")
-    seed: int = 0
-    llm: LLMConfig = Field(default_factory=LLMConfig)
 
     @model_validator(mode="after")
     def _limits(self) -> RerankConfig:
@@ -143,14 +132,10 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
 
     def fit(self, ctx: FitContext) -> Self:
         super().fit(ctx)
-        self.config = noun_for(self.config, ctx.catalog)
-        c = self.config
-        self.style = PromptStyle(noun=c.noun, history_items=c.history_items,
-                                 title_chars=c.title_chars,
-                                 show_prev_rank=c.show_prev_rank)  # fmt: skip
+        self.style_ = self.prompt_style(ctx.catalog, show_prev_rank=self.config.show_prev_rank)
+        self.blend_ = self.config.blend  # calibration on validation users replaces it
         self.catalog_ = ctx.catalog
         self.popularity_ = np.log1p(ctx.train.item_counts().astype(np.float64))
-        self._stats = RerankStats()
         return self
 
     # ---- calibration on validation users ----------------------------------------------
@@ -171,11 +156,9 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
         cal = self.config.calibration
         if cal is None:
             return None
-        if len(valid) == 0:
-            raise ConfigError("calibration needs validation users (set protocol.n_valid)")
         metric = cal.metric
         before = ctx.before(valid.requests, depth_needed([metric]))
-        answered = self(valid.requests, before)
+        answered = self.answer(valid.requests, before.head(self.top_n))
         assert before.final is not None
         scores: dict[float, float] = {}
         for w in cal.grid:
@@ -183,7 +166,7 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
             got = evaluate(final.items, valid.truth, [metric], self.catalog_.n_items)
             scores[w] = got.means[metric]
         best = max(cal.grid, key=lambda w: scores[w])  # first of equals: least prior
-        self.config = self.config.model_copy(update={"blend": best})
+        self.blend_ = best
         log.info("%s: calibrated blend %.2f (%s %.4f)", self.name, best, metric, scores[best])
         return {"blend": best, "metric": metric, "n_users": len(valid),
                 "grid": {str(w): v for w, v in scores.items()}}  # fmt: skip
@@ -198,8 +181,7 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
     def _orders(self, request: Request, n: int) -> list[np.ndarray]:
         """Input order first, then seeded shuffles that depend only on seed and user."""
         orders = [np.arange(n)]
-        user = -1 if request.user is None else request.user
-        rng = np.random.default_rng([self.config.seed, user + 1, n])
+        rng = user_rng(self.config.seed, request, n)
         while len(orders) < self.n_orders():
             orders.append(rng.permutation(n))
         return orders
@@ -219,12 +201,19 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
         return out
 
     def rerank(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
-        usage_before = self.llm.usage.copy()
+        return self.reorder(self.answer(requests, head), self.blend_)
+
+    def answer(self, requests: Sequence[Request], head: CandidateBatch) -> CandidateBatch:
+        """``head`` in its own order with the LLM's score of each candidate
+        (``extras["llm_score"]``) and the call's stats: what every blend weight reorders."""
+        meter = self.meter()
         n_rows, depth = head.items.shape
         prev = prev_ranks(head)
         jobs: list[Job] = []
         for r in range(n_rows):
             valid = np.flatnonzero(head.items[r] != PAD)
+            if len(valid) == 0:
+                continue  # nothing to rank: no prompt (the row stays as given)
             for order in self._orders(requests[r], len(valid)):
                 jobs.append(
                     Job(r, head.items[r, valid][order], valid[order], prev[r, valid][order])
@@ -273,20 +262,9 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
                          invalid_rows=int(invalid_rows.sum()), row_seconds=row_seconds,
                          agreement_sum=float(np.sum(agreements)) if agreements else 0.0,
                          agreement_rows=len(agreements))  # fmt: skip
-        st.add_usage(self.llm.usage.since(usage_before))
-        self._stats = st
-        in_order = CandidateBatch(
-            head.items,
-            head.scores,
-            self.name,
-            fallback=fallback,
-            extras={
-                "llm_score": raw,
-                "input_pos": np.where(head.items != PAD, np.arange(depth)[None, :], -1),
-                "prev_rank": prev,
-            },
-        )
-        return self.reorder(in_order, self.config.blend)
+        st.add_usage(meter.used)
+        return CandidateBatch(head.items, head.scores, self.name, fallback,
+                              {"llm_score": raw, "prev_rank": prev}, st)  # fmt: skip
 
     def prior(self, items: np.ndarray, prev_rank: np.ndarray) -> np.ndarray:
         """What the LLM score is blended with: the previous stage's rank (linear, 1 at its
@@ -298,156 +276,30 @@ class LLMReranker(Reranker[RerankConfig], LLMStage[RerankConfig]):
         return np.where(valid, (n - 1 - prev_rank) / np.maximum(n - 1, 1), np.nan)
 
     def reorder(self, batch: CandidateBatch, blend: float) -> CandidateBatch:
-        """Order each row by ``(1 - blend)·z(LLM score) + blend·z(prior)``.
+        """Order each row of :meth:`answer`'s batch (its input order) by
+        ``(1 - blend)·z(LLM score) + blend·z(prior)``; ties keep the input order.
 
         The last step of :meth:`rerank`, kept apart so calibration can try many weights on
         one set of LLM answers. Rows marked ``fallback`` keep their order and scores.
         """
-        raw, pos, prev = (batch.extras[k] for k in ("llm_score", "input_pos", "prev_rank"))
+        raw, prev = batch.extras["llm_score"], batch.extras["prev_rank"]
         prior = self.prior(batch.items, prev)
         fallback = (
             batch.fallback if batch.fallback is not None else np.zeros(len(batch), dtype=bool)
         )
         items, scores = batch.items.copy(), batch.scores.copy()
-        new_raw, new_pos, new_prev = raw.copy(), pos.copy(), prev.copy()
+        new_raw, new_prev = raw.copy(), prev.copy()
         for r in np.flatnonzero(~fallback):
             n = int((batch.items[r] != PAD).sum())
             if n == 0:
                 continue
             x = raw[r, :n]
             final = x if blend == 0 else (1 - blend) * zscore(x) + blend * zscore(prior[r, :n])
-            order = np.lexsort((pos[r, :n], -final))  # ties keep the input order
+            order = np.lexsort((np.arange(n), -final))  # ties keep the input order
             items[r, :n] = batch.items[r, :n][order]
             scores[r, :n] = final[order]
             new_raw[r, :n] = x[order]
-            new_pos[r, :n] = pos[r, :n][order]
             new_prev[r, :n] = prev[r, :n][order]
-        return CandidateBatch(
-            items,
-            scores,
-            self.name,
-            fallback=fallback,
-            extras={"llm_score": new_raw, "input_pos": new_pos, "prev_rank": new_prev},
-        )
-
-    def stats(self) -> RerankStats:
-        return self._stats
-
-
-class VerbalizerReranker(LLMReranker):
-    """One forward pass per list; each candidate's score is its label's log-probability.
-
-    Lists longer than ``window`` are scored in consecutive prompts of ``window`` candidates;
-    each prompt's label log-probs are then renormalised over its own labels, so scores
-    from different prompts are on the same footing.
-    """
-
-    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
-        cat, w = self.catalog_, self.config.window
-        prompts, spans = [], []
-        for job in jobs:
-            n = len(job.items)
-            chunks = [(lo, min(lo + w, n)) for lo in range(0, n, w)] or [(0, 0)]
-            spans.append(chunks)
-            for lo, hi in chunks:
-                msgs, _ = verbalizer_prompt(
-                    cat, requests[job.row].history, job.items[lo:hi].tolist(), self.style,
-                    job.prev_ranks[lo:hi].tolist(),
-                )  # fmt: skip
-                prompts.append(msgs)
-        if not prompts:
-            return []
-        n_max = max(hi - lo for chunks in spans for lo, hi in chunks)
-        answers = iter(self.llm.option_logprobs_many(prompts, LABELS[: max(n_max, 1)],
-                                                     PROMPT_VERSION))  # fmt: skip
-        out = []
-        for chunks in spans:
-            parts, missing, seconds = [], 0, 0.0
-            for lo, hi in chunks:
-                a = next(answers)
-                lp = a.logprobs[: hi - lo]
-                if len(chunks) > 1:
-                    lp = lp - np.logaddexp.reduce(lp)
-                parts.append(lp)
-                missing += int(a.missing > 0)
-                seconds += a.compute_s
-            out.append(Scored(np.concatenate(parts), len(chunks), missing, seconds))
-        return out
-
-
-class PointwiseReranker(LLMReranker):
-    """P(yes) for each (user, candidate); position cannot matter, so one order suffices."""
-
-    def n_orders(self) -> int:
-        return 1
-
-    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
-        cat = self.catalog_
-        prompts = [
-            pointwise_prompt(cat, requests[j.row].history, int(item), self.style, int(rank))
-            for j in jobs
-            for item, rank in zip(j.items, j.prev_ranks, strict=True)
-        ]
-        answers = self.llm.option_logprobs_many(prompts, list(YES_NO), PROMPT_VERSION)
-        out, k = [], 0
-        for j in jobs:
-            lp = np.array([answers[k + i].logprobs for i in range(len(j.items))])
-            mine = answers[k : k + len(j.items)]
-            missing = sum(a.missing > 0 for a in mine)
-            k += len(j.items)
-            p_yes = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))
-            out.append(Scored(p_yes, len(j.items), missing, sum(a.compute_s for a in mine)))
-        return out
-
-
-class PermutationReranker(LLMReranker):
-    """RankGPT: the model writes a permutation; long lists use a sliding window from the back."""
-
-    def windows(self, n: int) -> list[tuple[int, int]]:
-        """RankGPT's windows over positions [0, n): back to front, ``window`` wide."""
-        w, s = self.config.window, self.config.step
-        out = []
-        end, start = n, n - w
-        while True:
-            out.append((max(start, 0), end))
-            if start <= 0:
-                return out
-            end, start = end - s, start - s
-
-    def score_jobs(self, requests: Sequence[Request], jobs: list[Job]) -> list[Scored]:
-        cat = self.catalog_
-        current = [list(range(len(j.items))) for j in jobs]  # presented positions, in order
-        invalid = [0] * len(jobs)
-        outputs = [0] * len(jobs)
-        seconds = [0.0] * len(jobs)
-        plans = [self.windows(len(j.items)) for j in jobs]
-        for t in range(max((len(p) for p in plans), default=0)):
-            active = [i for i, p in enumerate(plans) if t < len(p)]
-            prompts, spans = [], []
-            for i in active:
-                lo, hi = plans[i][t]
-                window = current[i][lo:hi]
-                prompts.append(
-                    permutation_prompt(
-                        cat, requests[jobs[i].row].history,
-                        [int(jobs[i].items[p]) for p in window], self.style,
-                        [int(jobs[i].prev_ranks[p]) for p in window],
-                    )
-                )  # fmt: skip
-                spans.append((lo, hi))
-            n_ids = max(hi - lo for lo, hi in spans)
-            answers = self.llm.complete_many(prompts, max_tokens=6 * n_ids + 8, stop=["\n\n"],
-                                             template=PROMPT_VERSION)  # fmt: skip
-            for i, (lo, hi), ans in zip(active, spans, answers, strict=True):
-                parsed = parse_permutation(ans.text, hi - lo)
-                window = current[i][lo:hi]
-                current[i][lo:hi] = [window[j] for j in parsed.order]
-                invalid[i] += int(parsed.invalid)
-                outputs[i] += 1
-                seconds[i] += ans.compute_s
-        out = []
-        for i, j in enumerate(jobs):
-            scores = np.empty(len(j.items))
-            scores[current[i]] = -np.arange(len(j.items), dtype=np.float64)
-            out.append(Scored(scores, outputs[i], invalid[i], seconds[i]))
-        return out
+        return CandidateBatch(items, scores, self.name, fallback,
+                              {"llm_score": new_raw, "prev_rank": new_prev},
+                              batch.stats)  # fmt: skip

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from recfunnel.core.candidates import CandidateBatch
+from recfunnel.core.errors import ConfigError
 from recfunnel.core.types import Request, history_matrix
 from recfunnel.stages.base import FitContext, StageConfig
 from recfunnel.stages.retrieve.base import Retriever, keep_top
@@ -19,6 +20,10 @@ class PopularityConfig(StageConfig):
     min_rating: float | None = Field(
         None, description="Count only interactions rated at least this (None: count all)."
     )
+    recent_days: float | None = Field(
+        None, gt=0, description="Count only the last N days of the training events (by "
+        "their latest time, in Unix seconds; None: all time).",
+    )  # fmt: skip
 
 
 class PopularityRetriever(Retriever[PopularityConfig]):
@@ -31,6 +36,12 @@ class PopularityRetriever(Retriever[PopularityConfig]):
         f = train.frame
         if self.config.min_rating is not None and train.has_ratings:
             f = f[f["rating"] >= self.config.min_rating]
+        if self.config.recent_days is not None:
+            times = train.frame["timestamp"].to_numpy()
+            if len(times) == 0 or np.isnan(times).any():
+                raise ConfigError("popularity.recent_days needs event times, and the training "
+                                  "data has none; leave recent_days unset")  # fmt: skip
+            f = f[f["timestamp"] >= times.max() - self.config.recent_days * 86_400.0]
         self.counts_ = np.bincount(f["item"].to_numpy(), minlength=catalog.n_items)
         self.order_ = np.lexsort((np.arange(catalog.n_items), -self.counts_))
         return self
