@@ -186,19 +186,8 @@ def mad_split_year(cfg: ExperimentConfig) -> int:
     """The release year that splits the groups of ``mad``: the one the experiment's
     fairness stages were configured with (``split_year`` of ``fair`` and of the goal
     stage), else the default. Pipelines that disagree cannot share one ``mad``: refused."""
-    years: set[int] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("kind") in ("fair", "goal") and "split_year" in node:
-                years.add(int(node["split_year"]))
-            for v in node.values():
-                visit(v)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
-    visit([p.model_dump() for p in cfg.pipelines])
+    years = {int(s.split_year) for pipe in cfg.pipelines for p in pipelines_of(pipe)
+             for kind in ("fair", "goal") for s in p.find(kind)}  # fmt: skip
     if len(years) > 1 and any(m.startswith("mad") for m in cfg.metrics):
         raise ConfigError(
             f"mad: the pipelines' fairness stages split the groups at different years "

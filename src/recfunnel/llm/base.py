@@ -124,16 +124,25 @@ class Usage:
 
 
 class Meter:
-    """What one model was asked over a span of work: reads its counters when made and
-    answers the difference since (:attr:`used`). The one way a stage meters its LLM."""
+    """What one model, or several added up, was asked over a span of work: reads the
+    counters when made and answers the difference since (:attr:`used`). The one way a
+    stage or a server meters its LLMs."""
 
-    def __init__(self, llm: LLM) -> None:
-        self._llm = llm
-        self._before = llm.usage.copy()
+    def __init__(self, *llms: LLM) -> None:
+        self._llms = llms
+        self._before = self.total()
+
+    def total(self) -> Usage:
+        """The models' counters now, added up."""
+        out = Usage()
+        for llm in self._llms:
+            for f in fields(Usage):
+                setattr(out, f.name, getattr(out, f.name) + getattr(llm.usage, f.name))
+        return out
 
     @property
     def used(self) -> Usage:
-        return self._llm.usage.since(self._before)
+        return self.total().since(self._before)
 
 
 def render_chat(

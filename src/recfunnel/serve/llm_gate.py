@@ -20,14 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import TypeVar
 
 import pybreaker
 
 from recfunnel.core.errors import StageContractError
 from recfunnel.core.types import Request
-from recfunnel.llm.base import LLM, LLMUnavailable, Usage
+from recfunnel.llm.base import LLM, LLMUnavailable, Meter, Usage
 from recfunnel.pipeline import Pipeline
 from recfunnel.serve.answers import traces_of
 from recfunnel.serve.config import ServeConfig
@@ -37,15 +36,6 @@ from recfunnel.stages.explain.grounded import Explainer
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-def total_usage(llms: Sequence[LLM]) -> Usage:
-    """The counters of several LLMs added up."""
-    out = Usage()
-    for llm in llms:
-        for f in fields(Usage):
-            setattr(out, f.name, getattr(out, f.name) + getattr(llm.usage, f.name))
-    return out
 
 
 class LLMGate:
@@ -68,8 +58,9 @@ class LLMGate:
             fail_max=config.breaker.failures, reset_timeout=config.breaker.reset_s
         )
 
-    def usage(self) -> Usage:
-        return total_usage(self.llms)
+    def meter(self) -> Meter:
+        """Counts what every LLM of the pipeline is asked from now on."""
+        return Meter(*self.llms)
 
     def run(self, request: Request, pre: Trace, k: int,
             deadline: float) -> tuple[Trace, str | None, Usage]:  # fmt: skip
@@ -109,11 +100,11 @@ class LLMGate:
     def _counted(self) -> Iterator[None]:
         """Counts the back-ends' answers and failures inside, on the worker as they
         happen: whether the request still waits for them or not."""
-        before = self.usage()
+        meter = self.meter()
         try:
             yield
         finally:
-            used = self.usage().since(before)
+            used = meter.used
             self.metrics.llm_calls.inc(used.calls)
             self.metrics.llm_cache_hits.inc(used.cache_hits)
             self.metrics.llm_errors.inc(used.errors)
@@ -121,11 +112,11 @@ class LLMGate:
     def _guarded(self, fn: Callable[[], T]) -> T:
         """``fn`` through the breaker. A failure that trips the breaker stays a failure
         (``LLMUnavailable``); only a call the open breaker refused is a short-cut."""
-        errors = self.usage().errors
+        meter = self.meter()
         try:
             return self.breaker.call(fn)
         except pybreaker.CircuitBreakerError:
-            if self.usage().errors > errors:
+            if meter.used.errors:
                 raise LLMUnavailable("the LLM back-end failed; the circuit is now open") from None
             self.metrics.llm_short_circuits.inc()
             raise
@@ -144,19 +135,19 @@ class LLMGate:
                 submitted: float) -> tuple[Trace, Usage]:  # fmt: skip
         """The LLM stages through the breaker, then reasons if the deadline leaves time;
         a computed answer updates the estimate of how long one takes."""
-        before = self.usage()
+        meter = self.meter()
         t0 = time.perf_counter()
 
         def run() -> Trace:
             res = self.pipeline.finish([request], pre, k)
-            if self.usage().errors > before.errors:
+            if meter.used.errors:
                 raise LLMUnavailable("the LLM back-end failed during reranking")
             return res
 
         res = self._guarded(run)
         path = traces_of(res)[-1]
         path.timings["llm_wait"] = t0 - submitted
-        used = self.usage().since(before)
+        used = meter.used
         if used.calls > used.cache_hits:  # a computed answer: learn how long one takes
             spent = time.perf_counter() - t0
             with self._lock:
@@ -168,7 +159,7 @@ class LLMGate:
                 t1 = time.perf_counter()
                 res.notes["explain"] = self.explainer(res.requests, res)
                 path.timings["explain"] = time.perf_counter() - t1
-                used = self.usage().since(before)
+                used = meter.used
         return res, used
 
     def call(self, fn: Callable[[], T], timeout_s: float) -> T | None:
